@@ -1,0 +1,112 @@
+/**
+ * The tensor layer: libtorch through a thin C shim, with deterministic memory.
+ *
+ * @module
+ */
+export { type Device, type DType, DTYPE_SIZE, isFloating } from "./dtype.ts";
+export { TorchError } from "./errors.ts";
+export { NativeLoadError, torchVersion } from "./ffi.ts";
+export { freeAll, keep, liveHandles, NativeHandle, scope, scopeDepth } from "./memory.ts";
+export {
+  type NestedArray,
+  type ReduceOptions,
+  Tensor,
+  type TensorData,
+  type ValuesIndices,
+} from "./tensor.ts";
+export {
+  arange,
+  type CreateOptions,
+  empty,
+  emptyLike,
+  eye,
+  fromBytes,
+  fromTypedArray,
+  full,
+  fullLike,
+  linspace,
+  ones,
+  onesLike,
+  scalarTensor,
+  tensor,
+  zeros,
+  zerosLike,
+} from "./creation.ts";
+export {
+  bernoulli,
+  Generator,
+  getRngState,
+  manualSeed,
+  rand,
+  randint,
+  randn,
+  type RandomOptions,
+  randperm,
+  setRngState,
+} from "./random.ts";
+export {
+  adaptiveAvgPool2d,
+  avgPool2d,
+  cat,
+  conv2d,
+  type Conv2dOptions,
+  crossEntropy,
+  type CrossEntropyOptions,
+  dropout,
+  einsum,
+  gelu,
+  gridSample,
+  type GridSampleOptions,
+  hasScaledDotProductAttention,
+  interpolate,
+  type InterpolateMode,
+  type InterpolateOptions,
+  layerNorm,
+  linear,
+  logSoftmax,
+  matmul,
+  maxPool2d,
+  normalize,
+  pad,
+  type PadMode,
+  type Pool2dOptions,
+  scaledDotProductAttention,
+  softmax,
+  stack,
+  weightNorm,
+  where,
+} from "./functional.ts";
+export { enableGrad, isGradEnabled, noGrad, setGradEnabled } from "./autograd.ts";
+export {
+  AdamW,
+  type AdamWOptions,
+  clipGradNorms,
+  clipGradNormTotal,
+  emaUpdate,
+  type LiveGroup,
+  type OptimizerState,
+  type ParamGroup,
+  SGD,
+  type SGDOptions,
+  zeroGrads,
+} from "./optim.ts";
+export {
+  cuda,
+  type CudaMemoryStats,
+  getNumThreads,
+  liveTensors,
+  setNumThreads,
+} from "./runtime.ts";
+export {
+  deserializeSafetensors,
+  type LoadOptions,
+  loadSafetensors,
+  parseSafetensorsHeader,
+  readSafetensorsHeader,
+  SAFETENSORS_DTYPE,
+  type SafetensorsContent,
+  type SafetensorsHeader,
+  type SafetensorsInfo,
+  saveSafetensors,
+  serializeSafetensors,
+} from "./safetensors.ts";
