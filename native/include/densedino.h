@@ -80,7 +80,7 @@ DD_API int32_t dd_is_contiguous(dd_tensor t);
 DD_API int32_t dd_is_leaf(dd_tensor t);
 DD_API int64_t dd_numel(dd_tensor t);
 DD_API int32_t dd_item(dd_tensor t, double* out);            /* one-element tensor */
-DD_API int32_t dd_same_storage(dd_tensor a, dd_tensor b);    /* 1 if same data pointer */
+DD_API int32_t dd_same_storage(dd_tensor a, dd_tensor b);    /* 1 if they share storage */
 
 /* ---- creation ------------------------------------------------------------------- */
 DD_API dd_tensor dd_full(const int64_t* shape, int32_t ndim, double value, int32_t dtype,

