@@ -40,6 +40,8 @@ export interface Libtorch {
   cudaIncludes: string[];
   /** libtorch version, e.g. "1.13.0" */
   version: string;
+  /** the C++ standard its headers need: c++17, or c++20 for recent releases */
+  cxxStd: string;
 }
 
 /** Options of {@link setup}. */
@@ -108,6 +110,17 @@ function versionFromHeader(includeDir: string): string {
   return "unknown";
 }
 
+/** Recent libtorch headers refuse to compile below C++20; they say so in ATen/ATen.h. */
+function cxxStandard(includeDir: string): string {
+  try {
+    return /C\+\+20 or later/.test(Deno.readTextFileSync(`${includeDir}/ATen/ATen.h`))
+      ? "c++20"
+      : "c++17";
+  } catch {
+    return "c++17";
+  }
+}
+
 /** A libtorch laid out as `root/include` + `root/lib` (unpacked libtorch or a torch package). */
 function fromRoot(root: string, source: string, cxx11Abi: string | null = null): Libtorch | null {
   const inc = `${root}/include`;
@@ -121,6 +134,7 @@ function fromRoot(root: string, source: string, cxx11Abi: string | null = null):
     cuda: exists(`${libDir}/libtorch_cuda.so`),
     cudaIncludes: [],
     version: versionFromHeader(inc),
+    cxxStd: cxxStandard(inc),
   };
 }
 
@@ -137,6 +151,7 @@ function debianLibtorch(sysroot: string): Libtorch | null {
         cuda: exists(`${libDir}/libtorch_cuda.so`),
         cudaIncludes: [],
         version: versionFromHeader(inc),
+        cxxStd: cxxStandard(inc),
       };
     }
   }
@@ -237,8 +252,17 @@ function isRoot(): boolean {
   }
 }
 
-async function haveCommand(cmd: string): Promise<boolean> {
-  return (await run("sh", ["-c", `command -v ${cmd}`])).ok;
+/** True when an executable named `cmd` is on PATH. */
+function haveCommand(cmd: string): boolean {
+  const path = Deno.env.get("PATH") ?? "";
+  for (const dir of path.split(":")) {
+    if (!dir) continue;
+    try {
+      const st = Deno.statSync(`${dir}/${cmd}`);
+      if (st.isFile && ((st.mode ?? 0o111) & 0o111) !== 0) return true;
+    } catch { /* not here */ }
+  }
+  return false;
 }
 
 async function aptInstall(opts: SetupOptions, pkgs: string[]): Promise<boolean> {
@@ -269,7 +293,7 @@ function manualInstallMessage(missing: string[]): string {
 /** Makes sure libtorch, OpenBLAS, the Fashion-MNIST package and a C++ compiler are present. */
 export async function ensureDependencies(opts: SetupOptions = {}): Promise<Libtorch> {
   const sysroot = opts.sysroot ?? "";
-  const canInstall = opts.install !== false && isRoot() && await haveCommand("apt-get");
+  const canInstall = opts.install !== false && isRoot() && haveCommand("apt-get");
   let lt = await findLibtorch(sysroot);
   const want: string[] = [];
   if (!lt) want.push("libtorch-dev");
@@ -283,14 +307,14 @@ export async function ensureDependencies(opts: SetupOptions = {}): Promise<Libto
   if (!exists(`${sysroot}/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz`)) {
     want.push("dataset-fashion-mnist");
   }
-  const needCxx = !(await haveCommand("g++")) && !(await haveCommand("c++"));
+  const needCxx = !(haveCommand("g++")) && !(haveCommand("c++"));
   if (needCxx) want.push("g++");
   if (want.length > 0 && canInstall) {
     await aptInstall(opts, want);
     lt = await findLibtorch(sysroot);
   }
   if (!lt) throw new SetupError(`libtorch not found. ${manualInstallMessage(want)}`);
-  if (!(await haveCommand("g++")) && !(await haveCommand("c++"))) {
+  if (!(haveCommand("g++")) && !(haveCommand("c++"))) {
     throw new SetupError(`no C++ compiler found. ${manualInstallMessage(["g++"])}`);
   }
   for (const pkg of want.filter((p) => p !== "libtorch-dev" && p !== "g++")) {
@@ -346,6 +370,24 @@ function linkFlags(lt: Libtorch): string[] {
   return flags;
 }
 
+/**
+ * The fingerprint of a build: the sources, the libtorch (paths, version, ABI, CUDA), the
+ * compile and link flags and the compiler. The shim is rebuilt exactly when it changes.
+ */
+export async function buildStamp(
+  lt: Libtorch,
+  sources: string[],
+  compiler: string,
+): Promise<string> {
+  return await sha256(JSON.stringify({
+    sources,
+    libtorch: { ...lt, source: undefined },
+    compile: compileFlags(lt, "SRC"),
+    link: linkFlags(lt),
+    compiler,
+  }));
+}
+
 /** Result of {@link setup}. */
 export interface SetupResult {
   /** path of the built library */
@@ -370,16 +412,9 @@ export async function setup(opts: SetupOptions = {}): Promise<SetupResult> {
   const library = `${outDir}/${LIB_FILE}`;
   const files = [...SOURCES, ...HEADERS];
   const texts = await Promise.all(files.map(readSource));
-  const cxx = (await haveCommand("g++")) ? "g++" : "c++";
+  const cxx = (haveCommand("g++")) ? "g++" : "c++";
   const cxxVersion = (await run(cxx, ["--version"])).stdout.split("\n")[0];
-  const probeFlags = compileFlags(lt, "SRC");
-  const stamp = await sha256(JSON.stringify({
-    files: texts,
-    lt: { ...lt, source: undefined },
-    probeFlags,
-    link: linkFlags(lt),
-    cxxVersion,
-  }));
+  const stamp = await buildStamp(lt, texts, cxxVersion);
   const stampFile = `${outDir}/stamp.txt`;
   if (!opts.force && exists(library)) {
     try {
