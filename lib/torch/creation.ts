@@ -230,7 +230,13 @@ function deviceArgs(o: CreateOptions, op: string): [number, number, number] {
 }
 
 function req(t: Tensor, o: CreateOptions): Tensor {
-  return o.requiresGrad ? t.requiresGrad_(true) : t;
+  if (!o.requiresGrad) return t;
+  try {
+    return t.requiresGrad_(true);
+  } catch (e) {
+    t.free();
+    throw e;
+  }
 }
 
 /** A tensor filled with `value`. */

@@ -6,7 +6,7 @@
 import { cString, native } from "./ffi.ts";
 import { TorchError } from "./errors.ts";
 import type { Generator } from "./random.ts";
-import { handlesBuf, optH, sizesBuf, type Tensor, wrap, wrapN } from "./tensor.ts";
+import { genH, handlesBuf, optH, sizesBuf, type Tensor, wrap, wrapN } from "./tensor.ts";
 
 /** Concatenates along `dim` (default 0). */
 export function cat(ts: readonly Tensor[], dim = 0): Tensor {
@@ -283,7 +283,11 @@ export function normalize(
 
 /** Dropout: zeroes elements with probability p and rescales by 1/(1−p) when training. */
 export function dropout(x: Tensor, p = 0.5, training = true, generator?: Generator): Tensor {
-  return wrap(native().dd_dropout(x._h, p, training ? 1 : 0, generator?._g ?? 0), "dropout", x);
+  return wrap(
+    native().dd_dropout(x._h, p, training ? 1 : 0, genH(generator, "dropout")),
+    "dropout",
+    x,
+  );
 }
 
 /** Weight normalisation: g·v/‖v‖ with the norm over every dimension except `dim`. */

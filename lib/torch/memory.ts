@@ -3,7 +3,8 @@
  * by `free()`, by `using` (Symbol.dispose), or by the scope it was created in.
  *
  * A scope ({@link scope}) frees every handle created while it runs, except those reachable
- * from its return value (tensors, arrays, plain objects, Maps and Sets of them) and those
+ * from its return value (tensors, and arrays, objects — plain or class instances, through
+ * their own enumerable properties —, Maps and Sets holding them, at any depth) and those
  * marked with {@link keep}. Handles returned from a nested scope move to the enclosing one.
  * Finalizers are deliberately not used: the garbage collector does not see native (or GPU)
  * memory, so relying on it would hold memory for arbitrarily long.
@@ -13,15 +14,18 @@
 
 /** Base class of objects that own one native handle. */
 export abstract class NativeHandle implements Disposable {
+  // Fields are assigned in the constructor (`declare`: no class-field definitions): creating a
+  // handle object is on the per-operation path, where this measurably matters.
   /** @internal the native handle; 0 once freed */
-  _h: number;
+  declare _h: number;
   /** @internal true when excluded from scopes (see {@link keep}) */
-  _kept = false;
+  declare _kept: boolean;
 
   constructor(h: number) {
     this._h = h;
+    this._kept = false;
     live++;
-    if (current !== null) current.push(this);
+    if (current !== null && current.push(this) >= compactAt) compact(current);
   }
 
   /** @internal releases the native handle */
@@ -52,6 +56,19 @@ let live = 0;
 let current: NativeHandle[] | null = null;
 let depth = 0;
 
+// A long loop inside one scope that frees its tensors as it goes would otherwise grow the
+// scope's list without bound: past this length the list drops its freed entries (the
+// threshold belongs to the innermost scope; scope() saves and restores it).
+const COMPACT_MIN = 4096;
+let compactAt = COMPACT_MIN;
+
+function compact(list: NativeHandle[]): void {
+  let n = 0;
+  for (let i = 0; i < list.length; i++) if (list[i]._h !== 0) list[n++] = list[i];
+  list.length = n;
+  compactAt = Math.max(COMPACT_MIN, 2 * n);
+}
+
 /** Number of handles created from JS and not yet freed (this binding's own count). */
 export function liveHandles(): number {
   return live;
@@ -62,25 +79,40 @@ export function scopeDepth(): number {
   return depth;
 }
 
-function collect(value: unknown, out: Set<NativeHandle>, seen: Set<unknown>, level: number): void {
-  if (value === null || typeof value !== "object" || level > 8 || seen.has(value)) return;
-  seen.add(value);
-  if (value instanceof NativeHandle) {
-    out.add(value);
-  } else if (Array.isArray(value)) {
-    for (const v of value) collect(v, out, seen, level + 1);
-  } else if (value instanceof Map) {
-    for (const v of value.values()) collect(v, out, seen, level + 1);
-  } else if (value instanceof Set) {
-    for (const v of value) collect(v, out, seen, level + 1);
-  } else {
-    const proto = Object.getPrototypeOf(value);
-    if (proto === Object.prototype || proto === null) {
-      for (const v of Object.values(value as Record<string, unknown>)) {
-        collect(v, out, seen, level + 1);
+/**
+ * Every handle reachable from `root`: through arrays, Maps (keys and values), Sets and the own
+ * enumerable properties of other objects, at any depth (iterative; cycles are fine). Typed
+ * arrays, ArrayBuffers and Promises are not searched.
+ */
+function collect(root: unknown): Set<NativeHandle> {
+  const out = new Set<NativeHandle>();
+  const seen = new Set<object>();
+  const stack: unknown[] = [root];
+  while (stack.length > 0) {
+    const value = stack.pop();
+    if (value === null || typeof value !== "object" || seen.has(value)) continue;
+    seen.add(value);
+    if (value instanceof NativeHandle) {
+      out.add(value);
+    } else if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) {
+        const v = value[i];
+        if (v !== null && typeof v === "object") stack.push(v);
+      }
+    } else if (value instanceof Map) {
+      for (const [k, v] of value) stack.push(k, v);
+    } else if (value instanceof Set) {
+      for (const v of value) stack.push(v);
+    } else if (
+      !ArrayBuffer.isView(value) && !(value instanceof ArrayBuffer) &&
+      !(value instanceof Promise)
+    ) {
+      for (const v of Object.values(value)) {
+        if (v !== null && typeof v === "object") stack.push(v);
       }
     }
   }
+  return out;
 }
 
 /**
@@ -93,19 +125,23 @@ function collect(value: unknown, out: Set<NativeHandle>, seen: Set<unknown>, lev
  */
 export function scope<T>(fn: () => T): T {
   const prev = current;
+  const prevCompactAt = compactAt;
   const mine: NativeHandle[] = [];
   current = mine;
+  compactAt = COMPACT_MIN;
   depth++;
   let result: T;
   try {
     result = fn();
   } catch (e) {
     current = prev;
+    compactAt = prevCompactAt;
     depth--;
     for (const h of mine) if (!h._kept) h.free();
     throw e;
   }
   current = prev;
+  compactAt = prevCompactAt;
   depth--;
   if (
     result !== null && typeof result === "object" &&
@@ -117,8 +153,7 @@ export function scope<T>(fn: () => T): T {
         "around awaits, and scope() inside each synchronous step.",
     );
   }
-  const keepSet = new Set<NativeHandle>();
-  collect(result, keepSet, new Set(), 0);
+  const keepSet = collect(result);
   for (const h of mine) {
     if (h._kept || h._h === 0) continue;
     if (keepSet.has(h)) {
@@ -135,15 +170,14 @@ export function scope<T>(fn: () => T): T {
  * Returns its argument, so `const w = keep(randn([3, 3]))` reads naturally.
  */
 export function keep<T>(value: T): T {
-  const set = new Set<NativeHandle>();
-  collect(value, set, new Set(), 0);
-  for (const h of set) h._kept = true;
+  for (const h of collect(value)) h._kept = true;
   return value;
 }
 
-/** Frees every handle reachable from `value` (tensors, arrays, plain objects, Maps, Sets). */
+/**
+ * Frees every handle reachable from `value` (tensors, arrays, objects, Maps, Sets, at any
+ * depth). Tensors already freed are skipped.
+ */
 export function freeAll(value: unknown): void {
-  const set = new Set<NativeHandle>();
-  collect(value, set, new Set(), 0);
-  for (const h of set) h.free();
+  for (const h of collect(value)) h.free();
 }

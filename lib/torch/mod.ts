@@ -110,3 +110,11 @@ export {
   saveSafetensors,
   serializeSafetensors,
 } from "./safetensors.ts";
+export {
+  assertGradcheck,
+  gradcheck,
+  GradcheckError,
+  type GradcheckInputReport,
+  type GradcheckOptions,
+  type GradcheckResult,
+} from "./gradcheck.ts";

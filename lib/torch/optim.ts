@@ -20,6 +20,21 @@ function handles(ts: readonly Tensor[], op: string): Uint32Array {
   return out;
 }
 
+/**
+ * Throws when a tensor of a cached handle list was freed (or its handle changed) since the
+ * list was built: the native side then never sees a stale handle.
+ */
+function assertLive(ts: readonly Tensor[], cached: Uint32Array, op: string, what: string): void {
+  for (let i = 0; i < ts.length; i++) {
+    if (ts[i]._h !== cached[i]) {
+      throw new TorchError(
+        op,
+        `${what} ${i} was freed after the optimiser was created (use after free())`,
+      );
+    }
+  }
+}
+
 function check(s: number, op: string, ts: readonly Tensor[] = []): number {
   if (s < 0) fail(op, ts.filter((t) => t._h === 0));
   return s;
@@ -128,6 +143,29 @@ function toGroups(p: Tensor[] | ParamGroup[]): ParamGroup[] {
   return p[0] instanceof Tensor ? [{ params: p as Tensor[] }] : (p as ParamGroup[]);
 }
 
+// As torch.optim: a parameter may appear only once. Group names key the state dict, so they
+// must be unique too (two groups called "x" would overwrite each other's moments on save).
+function checkGroups(groups: readonly LiveGroup[], op: string): void {
+  const seen = new Map<number, string>();
+  const names = new Set<string>();
+  groups.forEach((g, gi) => {
+    if (names.has(g.name)) throw new TorchError(op, `two parameter groups are named "${g.name}"`);
+    names.add(g.name);
+    g.params.forEach((p, i) => {
+      const h = p.handle(op);
+      const prev = seen.get(h);
+      if (prev !== undefined) {
+        throw new TorchError(
+          op,
+          `parameter ${i} of group ${gi} ("${g.name}") already appears as ${prev}; ` +
+            "a parameter may be listed only once",
+        );
+      }
+      seen.set(h, `parameter ${i} of group ${gi} ("${g.name}")`);
+    });
+  });
+}
+
 /**
  * AdamW (torch.optim.AdamW, amsgrad off) over parameter groups. Set `groups[i].lr` and
  * `groups[i].weightDecay` before each `step()` to follow a schedule. Parameters without a
@@ -162,6 +200,7 @@ export class AdamW {
       name: g.name ?? `group${i}`,
     }));
     this.#handles = this.groups.map((g) => handles(g.params, "AdamW"));
+    checkGroups(this.groups, "AdamW");
     this.#m = this.groups.map((g) => g.params.map((p) => keep(zerosLike(p))));
     this.#v = this.groups.map((g) => g.params.map((p) => keep(zerosLike(p))));
     this.#mh = this.#m.map((ts) => handles(ts, "AdamW"));
@@ -174,6 +213,9 @@ export class AdamW {
     const n = native();
     for (let g = 0; g < this.groups.length; g++) {
       const grp = this.groups[g];
+      assertLive(grp.params, this.#handles[g], "AdamW.step", `parameter of ${grp.name}`);
+      assertLive(this.#m[g], this.#mh[g], "AdamW.step", `state (exp_avg) of ${grp.name}`);
+      assertLive(this.#v[g], this.#vh[g], "AdamW.step", `state (exp_avg_sq) of ${grp.name}`);
       check(
         n.dd_adamw_step(
           this.#handles[g],
@@ -311,6 +353,9 @@ export class SGD {
     this.momentum = opts.momentum ?? 0;
     this.dampening = opts.dampening ?? 0;
     this.nesterov = opts.nesterov ?? false;
+    if (this.nesterov && (this.momentum <= 0 || this.dampening !== 0)) {
+      throw new TorchError("SGD", "Nesterov momentum requires a momentum and zero dampening");
+    }
     this.groups = toGroups(params).map((g, i) => ({
       params: [...g.params],
       lr: g.lr ?? opts.lr,
@@ -318,6 +363,7 @@ export class SGD {
       name: g.name ?? `group${i}`,
     }));
     this.#handles = this.groups.map((g) => handles(g.params, "SGD"));
+    checkGroups(this.groups, "SGD");
     this.#bufs = this.groups.map((g) => new Uint32Array(g.params.length));
   }
 
@@ -326,6 +372,7 @@ export class SGD {
     const n = native();
     for (let g = 0; g < this.groups.length; g++) {
       const grp = this.groups[g];
+      assertLive(grp.params, this.#handles[g], "SGD.step", `parameter of ${grp.name}`);
       check(
         n.dd_sgd_step(
           this.#handles[g],

@@ -6,11 +6,10 @@
  *
  * @module
  */
-import { native } from "./ffi.ts";
+import { lastError, native } from "./ffi.ts";
 import { type Device, deviceCode, type DType, dtypeCode } from "./dtype.ts";
 import { TorchError } from "./errors.ts";
-import { fail, sizesBuf, status, Tensor, wrap } from "./tensor.ts";
-import { lastError } from "./ffi.ts";
+import { fail, genH, sizesBuf, status, Tensor, wrap } from "./tensor.ts";
 
 /** Options shared by the random creation functions. */
 export interface RandomOptions {
@@ -86,7 +85,7 @@ export function setRngState(state: Tensor): void {
 
 function target(op: string, o: RandomOptions, dflt: DType): [number, number, number, number] {
   const [t, i] = deviceCode(o.device ?? "cpu", op);
-  return [dtypeCode(o.dtype ?? dflt, op), t, i, o.generator?._g ?? 0];
+  return [dtypeCode(o.dtype ?? dflt, op), t, i, genH(o.generator, op)];
 }
 
 /** U[0, 1) samples of the given shape (float32 by default). */
@@ -127,7 +126,7 @@ export function randperm(n: number, opts: RandomOptions = {}): Tensor {
 
 /** Bernoulli draws with per-element probabilities `probs` (same dtype as probs). */
 export function bernoulli(probs: Tensor, generator?: Generator): Tensor {
-  const h = native().dd_bernoulli(probs._h, generator?._g ?? 0);
+  const h = native().dd_bernoulli(probs._h, genH(generator, "bernoulli"));
   if (h === 0) fail("bernoulli", [probs]);
   return new Tensor(h);
 }

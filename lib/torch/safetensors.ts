@@ -51,7 +51,44 @@ const RANK = [
   "U64",
 ];
 
+// bytes per element of every dtype the format defines (also those this toolkit cannot load,
+// so that their files still validate and their headers can be read)
+const FORMAT_SIZE: Readonly<Record<string, number>> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+};
+
 const MAX_HEADER = 100_000_000;
+
+const utf8 = new TextEncoder();
+
+// the reference compares names as byte strings (Rust `String::cmp`, i.e. UTF-8 byte order),
+// which differs from JS's UTF-16 code-unit order for some non-ASCII names
+function compareUtf8(a: string, b: string): number {
+  if (a === b) return 0;
+  const x = utf8.encode(a), y = utf8.encode(b);
+  const n = Math.min(x.length, y.length);
+  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
+// assigns an own enumerable property, also for names such as "__proto__"
+function setOwn<T>(obj: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
 
 /** One entry of a safetensors header. */
 export interface SafetensorsInfo {
@@ -80,20 +117,35 @@ function err(where: string, msg: string): TorchError {
 
 /** Parses and validates the header of a safetensors file held in `bytes`. */
 export function parseSafetensorsHeader(bytes: Uint8Array, where = "buffer"): SafetensorsHeader {
-  if (bytes.length < 8) {
-    throw err(where, `file too short (${bytes.length} bytes) for a safetensors header`);
+  return parseHeader(bytes, headerLength(bytes, bytes.length, where), bytes.length, where);
+}
+
+// the header length from the first 8 bytes, checked against the file length
+function headerLength(bytes: Uint8Array, fileLength: number, where: string): number {
+  if (fileLength < 8 || bytes.length < 8) {
+    throw err(where, `file too short (${fileLength} bytes) for a safetensors header`);
   }
   const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER)) {
     throw err(where, `header length ${n} exceeds 100 MB: not a safetensors file?`);
   }
   const len = Number(n);
-  if (8 + len > bytes.length) {
+  if (8 + len > fileLength) {
     throw err(
       where,
-      `header length ${len} runs past the end of the file (${bytes.length} bytes): truncated?`,
+      `header length ${len} runs past the end of the file (${fileLength} bytes): truncated?`,
     );
   }
+  return len;
+}
+
+// `bytes` holds at least the 8 + len header bytes of a file of `fileLength` bytes
+function parseHeader(
+  bytes: Uint8Array,
+  len: number,
+  fileLength: number,
+  where: string,
+): SafetensorsHeader {
   let raw: unknown;
   try {
     const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + len));
@@ -109,12 +161,12 @@ export function parseSafetensorsHeader(bytes: Uint8Array, where = "buffer"): Saf
   const tensors: [string, SafetensorsInfo][] = [];
   for (const [name, v] of Object.entries(raw as Record<string, unknown>)) {
     if (name === "__metadata__") {
-      if (v === null || typeof v !== "object") {
+      if (v === null || typeof v !== "object" || Array.isArray(v)) {
         throw err(where, "__metadata__ must be an object of strings");
       }
       for (const [k, s] of Object.entries(v as Record<string, unknown>)) {
         if (typeof s !== "string") throw err(where, `__metadata__.${k} is not a string`);
-        metadata[k] = s;
+        setOwn(metadata, k, s);
       }
       continue;
     }
@@ -127,33 +179,42 @@ export function parseSafetensorsHeader(bytes: Uint8Array, where = "buffer"): Saf
     ) {
       throw err(where, `tensor "${name}" has a malformed entry ${JSON.stringify(v)}`);
     }
-    tensors.push([name, info]);
+    if (!Object.hasOwn(FORMAT_SIZE, info.dtype)) {
+      throw err(where, `tensor "${name}" has unknown dtype "${info.dtype}"`);
+    }
+    tensors.push([name, {
+      dtype: info.dtype,
+      shape: [...info.shape],
+      data_offsets: [info.data_offsets[0], info.data_offsets[1]],
+    }]);
   }
   tensors.sort((a, b) =>
     a[1].data_offsets[0] - b[1].data_offsets[0] || a[1].data_offsets[1] - b[1].data_offsets[1]
   );
-  const dataLen = bytes.length - 8 - len;
+  const dataLen = fileLength - 8 - len;
   let pos = 0;
   for (const [name, info] of tensors) {
     const [s, e] = info.data_offsets;
-    if (s !== pos || e < s) {
+    if (e < s) {
+      throw err(where, `tensor "${name}" has offsets [${s}, ${e}] that end before they start`);
+    }
+    if (s !== pos) {
       throw err(
         where,
-        `tensor "${name}" has offsets [${s}, ${e}] but the previous tensor ends at ${pos}`,
+        `tensor "${name}" has offsets [${s}, ${e}] but the previous tensor ends at ${pos} (${
+          s > pos ? "a hole" : "an overlap"
+        } in the data section)`,
       );
     }
-    const dt = FROM_NAME[info.dtype];
-    const size = dt ? DTYPE_SIZE[dt] : null;
-    if (size !== null) {
-      const numel = info.shape.reduce((a, b) => a * b, 1);
-      if (numel * size !== e - s) {
-        throw err(
-          where,
-          `tensor "${name}": shape [${info.shape}] of ${info.dtype} needs ${
-            numel * size
-          } bytes, offsets give ${e - s}`,
-        );
-      }
+    const numel = info.shape.reduce((a, b) => a * b, 1);
+    const need = numel * FORMAT_SIZE[info.dtype];
+    if (need !== e - s) {
+      throw err(
+        where,
+        `tensor "${name}": shape [${info.shape}] of ${info.dtype} needs ${need} bytes, offsets give ${
+          e - s
+        }`,
+      );
     }
     pos = e;
   }
@@ -166,17 +227,54 @@ export function parseSafetensorsHeader(bytes: Uint8Array, where = "buffer"): Saf
   return { tensors, metadata, dataStart: 8 + len };
 }
 
-/** Reads only the header of a safetensors file (no tensor is loaded). */
+/**
+ * Reads and validates only the header of a safetensors file: no tensor is created and only
+ * the header bytes are read (the data section is checked against the file size).
+ */
 export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
-  return parseSafetensorsHeader(await readFile(path), path);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    throw fsError(path, e);
+  }
+  try {
+    const size = (await file.stat()).size;
+    const first = await readExactly(file, Math.min(8, size), path);
+    const len = headerLength(first, size, path);
+    const bytes = new Uint8Array(8 + len);
+    bytes.set(first);
+    bytes.set(await readExactly(file, len, path), 8);
+    return parseHeader(bytes, len, size, path);
+  } catch (e) {
+    if (e instanceof TorchError) throw e;
+    throw fsError(path, e);
+  } finally {
+    file.close();
+  }
+}
+
+async function readExactly(file: Deno.FsFile, n: number, path: string): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let off = 0;
+  while (off < n) {
+    const got = await file.read(out.subarray(off));
+    if (got === null) throw err(path, `unexpected end of file after ${off} of ${n} bytes`);
+    off += got;
+  }
+  return out;
+}
+
+function fsError(path: string, e: unknown): TorchError {
+  if (e instanceof Deno.errors.NotFound) return err(path, "file not found");
+  return err(path, (e as Error).message);
 }
 
 async function readFile(path: string): Promise<Uint8Array> {
   try {
     return await Deno.readFile(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw err(path, "file not found");
-    throw err(path, (e as Error).message);
+    throw fsError(path, e);
   }
 }
 
@@ -206,20 +304,28 @@ export function deserializeSafetensors(
       );
     }
   }
+  const selected = header.tensors.filter(([name]) => !wanted || wanted.has(name));
+  // refuse before creating anything
+  for (const [name, info] of selected) {
+    if (!Object.hasOwn(FROM_NAME, info.dtype)) {
+      throw err(
+        where,
+        `tensor "${name}" has dtype ${info.dtype}, which this toolkit does not support (supported: ${
+          Object.keys(FROM_NAME).join(", ")
+        })`,
+      );
+    }
+  }
   const tensors: Record<string, Tensor> = {};
   try {
-    for (const [name, info] of header.tensors) {
-      if (wanted && !wanted.has(name)) continue;
-      const dtype = FROM_NAME[info.dtype];
-      if (!dtype) {
-        throw err(
-          where,
-          `tensor "${name}" has dtype ${info.dtype}, which this toolkit does not support`,
-        );
-      }
+    for (const [name, info] of selected) {
       const [s, e] = info.data_offsets;
       const view = bytes.subarray(header.dataStart + s, header.dataStart + e);
-      tensors[name] = fromBytes(view, dtype, info.shape, { device: opts.device });
+      setOwn(
+        tensors,
+        name,
+        fromBytes(view, FROM_NAME[info.dtype], info.shape, { device: opts.device }),
+      );
     }
   } catch (e) {
     for (const t of Object.values(tensors)) t.free();
@@ -248,6 +354,9 @@ function plan(
   tensors: Record<string, Tensor>,
   metadata?: Record<string, string>,
 ): { header: Uint8Array; items: Planned[] } {
+  if (tensors === null || typeof tensors !== "object") {
+    throw err("write", "tensors must be an object mapping names to tensors");
+  }
   const items: Planned[] = [];
   for (const [name, t] of Object.entries(tensors)) {
     if (name === "__metadata__") {
@@ -266,22 +375,31 @@ function plan(
     });
   }
   items.sort((a, b) =>
-    RANK.indexOf(b.dtype) - RANK.indexOf(a.dtype) ||
-    (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+    RANK.indexOf(b.dtype) - RANK.indexOf(a.dtype) || compareUtf8(a.name, b.name)
   );
-  const head: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length > 0) {
-    for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== "string") throw err("write", `metadata "${k}" must be a string`);
+  // The JSON is assembled by hand: a JS object would move integer-like names ("0", "12") to
+  // the front. `__metadata__` comes first whenever metadata is given (even empty), as in the
+  // reference; its entries keep the caller's order.
+  const parts: string[] = [];
+  if (metadata !== undefined && metadata !== null) {
+    if (typeof metadata !== "object" || Array.isArray(metadata)) {
+      throw err("write", "metadata must be an object of strings");
     }
-    head.__metadata__ = metadata;
+    const entries = Object.entries(metadata).map(([k, v]) => {
+      if (typeof v !== "string") throw err("write", `metadata "${k}" must be a string`);
+      return `${JSON.stringify(k)}:${JSON.stringify(v)}`;
+    });
+    parts.push(`"__metadata__":{${entries.join(",")}}`);
   }
   let offset = 0;
   for (const it of items) {
-    head[it.name] = { dtype: it.dtype, shape: it.shape, data_offsets: [offset, offset + it.bytes] };
+    parts.push(
+      `${JSON.stringify(it.name)}:{"dtype":"${it.dtype}","shape":[${it.shape.join(",")}],` +
+        `"data_offsets":[${offset},${offset + it.bytes}]}`,
+    );
     offset += it.bytes;
   }
-  const json = new TextEncoder().encode(JSON.stringify(head));
+  const json = utf8.encode(`{${parts.join(",")}}`);
   const padded = new Uint8Array(Math.ceil(json.length / 8) * 8).fill(0x20);
   padded.set(json);
   const header = new Uint8Array(8 + padded.length);
@@ -290,7 +408,10 @@ function plan(
   return { header, items };
 }
 
-/** The bytes of a safetensors file holding `tensors` (and string `metadata`). */
+/**
+ * The bytes of a safetensors file holding `tensors` (and string `metadata`), identical to
+ * what the reference implementation writes for the same tensors and metadata.
+ */
 export function serializeSafetensors(
   tensors: Record<string, Tensor>,
   metadata?: Record<string, string>,
@@ -309,7 +430,8 @@ export function serializeSafetensors(
 
 /**
  * Writes `tensors` to a safetensors file atomically: the data goes to a temporary file in the
- * same directory, which is then renamed over `path` (a crash never leaves a half-written file).
+ * same directory, which is then renamed over `path`. On any failure (a freed tensor, a full
+ * disk, …) the temporary file is removed and an existing file at `path` is left untouched.
  */
 export async function saveSafetensors(
   path: string,
@@ -317,10 +439,11 @@ export async function saveSafetensors(
   metadata?: Record<string, string>,
 ): Promise<void> {
   const { header, items } = plan(tensors, metadata);
-  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}`;
+  const rnd = Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
+  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}-${rnd}`;
   let file: Deno.FsFile | null = null;
   try {
-    file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    file = await Deno.open(tmp, { write: true, createNew: true });
     await writeAll(file, header);
     for (const it of items) await writeAll(file, it.tensor.toBytes());
     await file.sync();

@@ -194,6 +194,16 @@ export function optH(t: Tensor | null | undefined, op: string): number {
   return t._h;
 }
 
+/**
+ * @internal Handle of an optional generator argument (0 = the default generator). A freed
+ * generator throws instead of silently falling back to the default one.
+ */
+export function genH(g: Generator | null | undefined, op: string): number {
+  if (g == null) return 0;
+  if (g._g === 0) throw new TorchError(op, "the generator was already freed (use after free())");
+  return g._g;
+}
+
 function dimArg(dim: number | number[] | undefined, op: string): [Int32Array, number] {
   if (dim === undefined) return [I32, 0];
   const d = typeof dim === "number" ? [dim] : dim;
@@ -202,6 +212,46 @@ function dimArg(dim: number | number[] | undefined, op: string): [Int32Array, nu
 
 function checkInt(x: number, op: string, what: string): void {
   if (!Number.isSafeInteger(x)) throw new TorchError(op, `${what} must be an integer, got ${x}`);
+}
+
+// The per-operation paths as plain functions (not private methods): they are the hot path of
+// every elementwise operation, and V8 optimises these calls best.
+function unary(t: Tensor, op: number, name: string): Tensor {
+  return wrap(native().dd_unary(op, t._h), name, t);
+}
+
+function binary(t: Tensor, op: number, name: string, other: Tensor | number, alpha = 1): Tensor {
+  if (typeof other === "number") {
+    return wrap(native().dd_binary_scalar(op, t._h, alpha === 1 ? other : other * alpha), name, t);
+  }
+  return wrap(native().dd_binary(op, t._h, other._h, alpha), name, t, other);
+}
+
+function binaryInPlace<T extends Tensor>(
+  t: T,
+  op: number,
+  name: string,
+  other: Tensor | number,
+  alpha = 1,
+): T {
+  if (typeof other === "number") {
+    status(native().dd_binary_scalar_(op, t._h, alpha === 1 ? other : other * alpha), name, t);
+  } else {
+    status(native().dd_binary_(op, t._h, other._h, alpha), name, t, other);
+  }
+  return t;
+}
+
+function reduce(
+  t: Tensor,
+  op: number,
+  name: string,
+  dim: number | number[] | undefined,
+  o?: ReduceOptions,
+  corr = 0,
+): Tensor {
+  const [buf, n] = dimArg(dim, name);
+  return wrap(native().dd_reduce(op, t._h, buf, n, o?.keepdim ? 1 : 0, corr), name, t);
 }
 
 /** Options for reductions. */
@@ -242,12 +292,15 @@ const MAX_PRINT = 1000;
 
 /** A libtorch tensor. */
 export class Tensor extends NativeHandle {
-  #shape: number[] | null = null;
-  #dtype: DType | null = null;
+  // cached metadata (a tensor's shape and dtype never change); assigned in the constructor
+  declare private _shape: number[] | null;
+  declare private _dtype: DType | null;
 
   /** @internal Use the creation functions (`tensor`, `zeros`, …) instead. */
   constructor(h: number) {
     super(h);
+    this._shape = null;
+    this._dtype = null;
   }
 
   /** @internal */
@@ -265,20 +318,20 @@ export class Tensor extends NativeHandle {
 
   /** The sizes of each dimension. */
   get shape(): number[] {
-    if (this.#shape === null) {
+    if (this._shape === null) {
       const h = this.handle("shape");
       const nd = native().dd_ndim(h);
       if (nd < 0) fail("shape", [this]);
       const buf = new BigInt64Array(Math.max(nd, 1));
       native().dd_shape(h, buf);
-      this.#shape = Array.from(buf.subarray(0, nd), Number);
+      this._shape = Array.from(buf.subarray(0, nd), Number);
     }
-    return this.#shape.slice();
+    return this._shape.slice();
   }
 
   /** Number of dimensions. */
   get ndim(): number {
-    if (this.#shape !== null) return this.#shape.length;
+    if (this._shape !== null) return this._shape.length;
     return this.shape.length;
   }
 
@@ -301,12 +354,12 @@ export class Tensor extends NativeHandle {
 
   /** Element type. */
   get dtype(): DType {
-    if (this.#dtype === null) {
+    if (this._dtype === null) {
       const c = native().dd_dtype(this.handle("dtype"));
       if (c < 0) fail("dtype", [this]);
-      this.#dtype = dtypeFromCode(c);
+      this._dtype = dtypeFromCode(c);
     }
-    return this.#dtype;
+    return this._dtype;
   }
 
   /** Device the data lives on. */
@@ -328,7 +381,7 @@ export class Tensor extends NativeHandle {
       1;
   }
 
-  /** True when the two tensors share the same data pointer (e.g. a view of the other). */
+  /** True when the two tensors share storage (e.g. one is a view of the other). */
   sharesStorageWith(other: Tensor): boolean {
     return status(
       native().dd_same_storage(this.handle("sharesStorageWith"), other.handle("sharesStorageWith")),
@@ -476,178 +529,168 @@ export class Tensor extends NativeHandle {
 
   // ---- unary -------------------------------------------------------------------------------
 
-  #u(op: number, name: string): Tensor {
-    return wrap(native().dd_unary(op, this._h), name, this);
-  }
   /** -x */
   neg(): Tensor {
-    return this.#u(U.neg, "neg");
+    return unary(this, U.neg, "neg");
   }
   /** |x| */
   abs(): Tensor {
-    return this.#u(U.abs, "abs");
+    return unary(this, U.abs, "abs");
   }
   /** √x */
   sqrt(): Tensor {
-    return this.#u(U.sqrt, "sqrt");
+    return unary(this, U.sqrt, "sqrt");
   }
   /** 1/√x */
   rsqrt(): Tensor {
-    return this.#u(U.rsqrt, "rsqrt");
+    return unary(this, U.rsqrt, "rsqrt");
   }
   /** eˣ */
   exp(): Tensor {
-    return this.#u(U.exp, "exp");
+    return unary(this, U.exp, "exp");
   }
   /** eˣ − 1 */
   expm1(): Tensor {
-    return this.#u(U.expm1, "expm1");
+    return unary(this, U.expm1, "expm1");
   }
   /** ln x */
   log(): Tensor {
-    return this.#u(U.log, "log");
+    return unary(this, U.log, "log");
   }
   /** ln(1 + x) */
   log1p(): Tensor {
-    return this.#u(U.log1p, "log1p");
+    return unary(this, U.log1p, "log1p");
   }
   /** ⌊x⌋ */
   floor(): Tensor {
-    return this.#u(U.floor, "floor");
+    return unary(this, U.floor, "floor");
   }
   /** ⌈x⌉ */
   ceil(): Tensor {
-    return this.#u(U.ceil, "ceil");
+    return unary(this, U.ceil, "ceil");
   }
   /** Round half to even, as PyTorch. */
   round(): Tensor {
-    return this.#u(U.round, "round");
+    return unary(this, U.round, "round");
   }
   /** Round toward zero. */
   trunc(): Tensor {
-    return this.#u(U.trunc, "trunc");
+    return unary(this, U.trunc, "trunc");
   }
   /** −1, 0 or 1. */
   sign(): Tensor {
-    return this.#u(U.sign, "sign");
+    return unary(this, U.sign, "sign");
   }
   /** 1/(1+e⁻ˣ) */
   sigmoid(): Tensor {
-    return this.#u(U.sigmoid, "sigmoid");
+    return unary(this, U.sigmoid, "sigmoid");
   }
   /** tanh x */
   tanh(): Tensor {
-    return this.#u(U.tanh, "tanh");
+    return unary(this, U.tanh, "tanh");
   }
   /** max(x, 0) */
   relu(): Tensor {
-    return this.#u(U.relu, "relu");
+    return unary(this, U.relu, "relu");
   }
   /** GELU; exact (erf) by default, `"tanh"` for the tanh approximation. */
   gelu(approximate: "none" | "tanh" = "none"): Tensor {
-    return this.#u(approximate === "tanh" ? U.geluTanh : U.gelu, "gelu");
+    return unary(this, approximate === "tanh" ? U.geluTanh : U.gelu, "gelu");
   }
   /** x·sigmoid(x) */
   silu(): Tensor {
-    return this.#u(U.silu, "silu");
+    return unary(this, U.silu, "silu");
   }
   /** sin x */
   sin(): Tensor {
-    return this.#u(U.sin, "sin");
+    return unary(this, U.sin, "sin");
   }
   /** cos x */
   cos(): Tensor {
-    return this.#u(U.cos, "cos");
+    return unary(this, U.cos, "cos");
   }
   /** 1/x */
   reciprocal(): Tensor {
-    return this.#u(U.reciprocal, "reciprocal");
+    return unary(this, U.reciprocal, "reciprocal");
   }
   /** erf x */
   erf(): Tensor {
-    return this.#u(U.erf, "erf");
+    return unary(this, U.erf, "erf");
   }
   /** erf⁻¹ x */
   erfinv(): Tensor {
-    return this.#u(U.erfinv, "erfinv");
+    return unary(this, U.erfinv, "erfinv");
   }
   /** x² */
   square(): Tensor {
-    return this.#u(U.square, "square");
+    return unary(this, U.square, "square");
   }
   /** Logical not (bool result). */
   logicalNot(): Tensor {
-    return this.#u(U.logicalNot, "logicalNot");
+    return unary(this, U.logicalNot, "logicalNot");
   }
   /** NaN test (bool result). */
   isnan(): Tensor {
-    return this.#u(U.isnan, "isnan");
+    return unary(this, U.isnan, "isnan");
   }
   /** Finite test (bool result). */
   isfinite(): Tensor {
-    return this.#u(U.isfinite, "isfinite");
+    return unary(this, U.isfinite, "isfinite");
   }
   /** A contiguous tensor with the same values (itself-sharing when already contiguous). */
   contiguous(): Tensor {
-    return this.#u(U.contiguous, "contiguous");
+    return unary(this, U.contiguous, "contiguous");
   }
   /** A copy that owns its data (gradients flow back through it). */
   clone(): Tensor {
-    return this.#u(U.clone, "clone");
+    return unary(this, U.clone, "clone");
   }
   /** A view cut from the autograd graph. */
   detach(): Tensor {
-    return this.#u(U.detach, "detach");
+    return unary(this, U.detach, "detach");
   }
 
   // ---- binary ------------------------------------------------------------------------------
 
-  #b(op: number, name: string, other: Tensor | number, alpha = 1): Tensor {
-    const n = native();
-    if (typeof other === "number") {
-      return wrap(n.dd_binary_scalar(op, this._h, alpha === 1 ? other : other * alpha), name, this);
-    }
-    return wrap(n.dd_binary(op, this._h, other._h, alpha), name, this, other);
-  }
   /** this + alpha·other (broadcasting). */
   add(other: Tensor | number, alpha = 1): Tensor {
-    return this.#b(BIN.add, "add", other, alpha);
+    return binary(this, BIN.add, "add", other, alpha);
   }
   /** this − alpha·other. */
   sub(other: Tensor | number, alpha = 1): Tensor {
-    return this.#b(BIN.sub, "sub", other, alpha);
+    return binary(this, BIN.sub, "sub", other, alpha);
   }
   /** this · other. */
   mul(other: Tensor | number): Tensor {
-    return this.#b(BIN.mul, "mul", other);
+    return binary(this, BIN.mul, "mul", other);
   }
   /** this / other (true division). */
   div(other: Tensor | number): Tensor {
-    return this.#b(BIN.div, "div", other);
+    return binary(this, BIN.div, "div", other);
   }
   /** ⌊this / other⌋. */
   floorDivide(other: Tensor | number): Tensor {
-    return this.#b(BIN.floorDivide, "floorDivide", other);
+    return binary(this, BIN.floorDivide, "floorDivide", other);
   }
   /** this ** other. */
   pow(other: Tensor | number): Tensor {
-    return this.#b(BIN.pow, "pow", other);
+    return binary(this, BIN.pow, "pow", other);
   }
   /** Python-style modulo (sign of the divisor). */
   remainder(other: Tensor | number): Tensor {
-    return this.#b(BIN.remainder, "remainder", other);
+    return binary(this, BIN.remainder, "remainder", other);
   }
   /** Elementwise maximum. */
   maximum(other: Tensor | number): Tensor {
-    return this.#b(BIN.maximum, "maximum", other);
+    return binary(this, BIN.maximum, "maximum", other);
   }
   /** Elementwise minimum. */
   minimum(other: Tensor | number): Tensor {
-    return this.#b(BIN.minimum, "minimum", other);
+    return binary(this, BIN.minimum, "minimum", other);
   }
   /** atan2(this, other). */
   atan2(other: Tensor): Tensor {
-    return this.#b(BIN.atan2, "atan2", other);
+    return binary(this, BIN.atan2, "atan2", other);
   }
   /** other − this (scalar). */
   rsub(s: number): Tensor {
@@ -663,35 +706,35 @@ export class Tensor extends NativeHandle {
   }
   /** == (bool result). */
   eq(other: Tensor | number): Tensor {
-    return this.#b(BIN.eq, "eq", other);
+    return binary(this, BIN.eq, "eq", other);
   }
   /** != (bool result). */
   ne(other: Tensor | number): Tensor {
-    return this.#b(BIN.ne, "ne", other);
+    return binary(this, BIN.ne, "ne", other);
   }
   /** < (bool result). */
   lt(other: Tensor | number): Tensor {
-    return this.#b(BIN.lt, "lt", other);
+    return binary(this, BIN.lt, "lt", other);
   }
   /** <= (bool result). */
   le(other: Tensor | number): Tensor {
-    return this.#b(BIN.le, "le", other);
+    return binary(this, BIN.le, "le", other);
   }
   /** > (bool result). */
   gt(other: Tensor | number): Tensor {
-    return this.#b(BIN.gt, "gt", other);
+    return binary(this, BIN.gt, "gt", other);
   }
   /** >= (bool result). */
   ge(other: Tensor | number): Tensor {
-    return this.#b(BIN.ge, "ge", other);
+    return binary(this, BIN.ge, "ge", other);
   }
   /** Logical and. */
   logicalAnd(other: Tensor): Tensor {
-    return this.#b(BIN.logicalAnd, "logicalAnd", other);
+    return binary(this, BIN.logicalAnd, "logicalAnd", other);
   }
   /** Logical or. */
   logicalOr(other: Tensor): Tensor {
-    return this.#b(BIN.logicalOr, "logicalOr", other);
+    return binary(this, BIN.logicalOr, "logicalOr", other);
   }
   /** Clamps into [min, max]; either bound may be omitted (undefined / null). */
   clamp(min?: number | Tensor | null, max?: number | Tensor | null): Tensor {
@@ -724,38 +767,29 @@ export class Tensor extends NativeHandle {
 
   // ---- in place ----------------------------------------------------------------------------
 
-  #ib(op: number, name: string, other: Tensor | number, alpha = 1): this {
-    const n = native();
-    if (typeof other === "number") {
-      status(n.dd_binary_scalar_(op, this._h, alpha === 1 ? other : other * alpha), name, this);
-    } else {
-      status(n.dd_binary_(op, this._h, other._h, alpha), name, this, other);
-    }
-    return this;
-  }
   /** this += alpha·other. */
   add_(other: Tensor | number, alpha = 1): this {
-    return this.#ib(BIN.add, "add_", other, alpha);
+    return binaryInPlace(this, BIN.add, "add_", other, alpha);
   }
   /** this −= alpha·other. */
   sub_(other: Tensor | number, alpha = 1): this {
-    return this.#ib(BIN.sub, "sub_", other, alpha);
+    return binaryInPlace(this, BIN.sub, "sub_", other, alpha);
   }
   /** this ·= other. */
   mul_(other: Tensor | number): this {
-    return this.#ib(BIN.mul, "mul_", other);
+    return binaryInPlace(this, BIN.mul, "mul_", other);
   }
   /** this /= other. */
   div_(other: Tensor | number): this {
-    return this.#ib(BIN.div, "div_", other);
+    return binaryInPlace(this, BIN.div, "div_", other);
   }
   /** this = this ** s. */
   pow_(s: number): this {
-    return this.#ib(BIN.pow, "pow_", s);
+    return binaryInPlace(this, BIN.pow, "pow_", s);
   }
   /** this = max(this, other). */
   maximum_(other: Tensor): this {
-    return this.#ib(BIN.maximum, "maximum_", other);
+    return binaryInPlace(this, BIN.maximum, "maximum_", other);
   }
   /** Copies `src` (broadcast, cast) into this. */
   copy_(src: Tensor): this {
@@ -803,17 +837,29 @@ export class Tensor extends NativeHandle {
   }
   /** Fills with U[low, high) draws. */
   uniform_(low = 0, high = 1, generator?: Generator): this {
-    status(native().dd_random_(0, this._h, low, high, 0, 0, generator?._g ?? 0), "uniform_", this);
+    status(
+      native().dd_random_(0, this._h, low, high, 0, 0, genH(generator, "uniform_")),
+      "uniform_",
+      this,
+    );
     return this;
   }
   /** Fills with N(mean, std²) draws. */
   normal_(mean = 0, std = 1, generator?: Generator): this {
-    status(native().dd_random_(1, this._h, mean, std, 0, 0, generator?._g ?? 0), "normal_", this);
+    status(
+      native().dd_random_(1, this._h, mean, std, 0, 0, genH(generator, "normal_")),
+      "normal_",
+      this,
+    );
     return this;
   }
   /** Fills with Bernoulli(p) draws (0 / 1). */
   bernoulli_(p = 0.5, generator?: Generator): this {
-    status(native().dd_random_(2, this._h, p, 0, 0, 0, generator?._g ?? 0), "bernoulli_", this);
+    status(
+      native().dd_random_(2, this._h, p, 0, 0, 0, genH(generator, "bernoulli_")),
+      "bernoulli_",
+      this,
+    );
     return this;
   }
   /**
@@ -822,7 +868,7 @@ export class Tensor extends NativeHandle {
    */
   truncNormal_(std = 1, mean = 0, a = -2, b = 2, generator?: Generator): this {
     status(
-      native().dd_random_(3, this._h, mean, std, a, b, generator?._g ?? 0),
+      native().dd_random_(3, this._h, mean, std, a, b, genH(generator, "truncNormal_")),
       "truncNormal_",
       this,
     );
@@ -831,63 +877,53 @@ export class Tensor extends NativeHandle {
 
   // ---- reductions --------------------------------------------------------------------------
 
-  #red(
-    op: number,
-    name: string,
-    dim: number | number[] | undefined,
-    o?: ReduceOptions,
-    corr = 0,
-  ): Tensor {
-    const [buf, n] = dimArg(dim, name);
-    return wrap(native().dd_reduce(op, this._h, buf, n, o?.keepdim ? 1 : 0, corr), name, this);
-  }
   /** Sum over `dim` (all dimensions when omitted). */
   sum(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.sum, "sum", dim, opts);
+    return reduce(this, RED.sum, "sum", dim, opts);
   }
   /** Mean over `dim` (all when omitted). */
   mean(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.mean, "mean", dim, opts);
+    return reduce(this, RED.mean, "mean", dim, opts);
   }
   /** Product over `dim` (all when omitted). */
   prod(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.prod, "prod", dim, opts);
+    return reduce(this, RED.prod, "prod", dim, opts);
   }
   /** Maximum value over `dim` (all when omitted); see {@link maxDim} for indices. */
   amax(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.amax, "amax", dim, opts);
+    return reduce(this, RED.amax, "amax", dim, opts);
   }
   /** Minimum value over `dim` (all when omitted). */
   amin(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.amin, "amin", dim, opts);
+    return reduce(this, RED.amin, "amin", dim, opts);
   }
   /** Same as {@link amax}. */
   max(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.amax, "max", dim, opts);
+    return reduce(this, RED.amax, "max", dim, opts);
   }
   /** Same as {@link amin}. */
   min(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.amin, "min", dim, opts);
+    return reduce(this, RED.amin, "min", dim, opts);
   }
   /** log Σ exp over `dim` (all when omitted), computed stably. */
   logsumexp(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.logsumexp, "logsumexp", dim, opts);
+    return reduce(this, RED.logsumexp, "logsumexp", dim, opts);
   }
   /** True where all elements over `dim` are non-zero. */
   all(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.all, "all", dim, opts);
+    return reduce(this, RED.all, "all", dim, opts);
   }
   /** True where any element over `dim` is non-zero. */
   any(dim?: number | number[], opts?: ReduceOptions): Tensor {
-    return this.#red(RED.any, "any", dim, opts);
+    return reduce(this, RED.any, "any", dim, opts);
   }
   /** Variance (unbiased by default). */
   var(dim?: number | number[], opts?: ReduceOptions & { unbiased?: boolean }): Tensor {
-    return this.#red(RED.var, "var", dim, opts, opts?.unbiased === false ? 0 : 1);
+    return reduce(this, RED.var, "var", dim, opts, opts?.unbiased === false ? 0 : 1);
   }
   /** Standard deviation (unbiased by default). */
   std(dim?: number | number[], opts?: ReduceOptions & { unbiased?: boolean }): Tensor {
-    return this.#red(RED.std, "std", dim, opts, opts?.unbiased === false ? 0 : 1);
+    return reduce(this, RED.std, "std", dim, opts, opts?.unbiased === false ? 0 : 1);
   }
   /** Maximum along `dim` with its indices. */
   maxDim(dim: number, opts?: ReduceOptions): ValuesIndices {
@@ -1086,7 +1122,14 @@ export class Tensor extends NativeHandle {
   scatter(dim: number, index: Tensor, src: Tensor | number): Tensor {
     const isT = src instanceof Tensor;
     return wrapN(
-      native().dd_scatter(this._h, dim, index._h, isT ? src._h : 0, isT ? 0 : src, 0),
+      native().dd_scatter(
+        this._h,
+        dim,
+        index._h,
+        isT ? src.handle("scatter") : 0,
+        isT ? 0 : src,
+        0,
+      ),
       "scatter",
       [this, index, isT ? src : null],
     );
@@ -1095,7 +1138,14 @@ export class Tensor extends NativeHandle {
   scatterAdd(dim: number, index: Tensor, src: Tensor | number): Tensor {
     const isT = src instanceof Tensor;
     return wrapN(
-      native().dd_scatter(this._h, dim, index._h, isT ? src._h : 0, isT ? 0 : src, 1),
+      native().dd_scatter(
+        this._h,
+        dim,
+        index._h,
+        isT ? src.handle("scatterAdd") : 0,
+        isT ? 0 : src,
+        1,
+      ),
       "scatterAdd",
       [this, index, isT ? src : null],
     );
@@ -1169,6 +1219,13 @@ export class Tensor extends NativeHandle {
   }
   /** Starts (or stops) recording operations for gradients; returns this. */
   requiresGrad_(flag = true): this {
+    if (!flag && !this.isLeaf) {
+      // libtorch's C++ API would silently keep recording (the grad_fn stays); PyTorch refuses
+      throw new TorchError(
+        "requiresGrad_",
+        "only leaf tensors can stop requiring grad; use detach() for a computed tensor",
+      );
+    }
     status(native().dd_set_requires_grad(this._h, flag ? 1 : 0), "requiresGrad_", this);
     return this;
   }
