@@ -11,6 +11,7 @@ export class TorchError extends Error {
   /** libtorch's (or the binding's) own message */
   readonly detail: string;
 
+  /** An error of `op` with libtorch's `detail`, optionally describing the `inputs`. */
   constructor(op: string, detail: string, inputs?: string) {
     super(`${op}: ${detail}${inputs ? ` [inputs: ${inputs}]` : ""}`);
     this.name = "TorchError";

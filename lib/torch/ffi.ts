@@ -166,6 +166,7 @@ export type Native = { [K in keyof Raw]: Relax<Raw[K]> };
 
 /** Raised when the native library cannot be found or loaded. */
 export class NativeLoadError extends Error {
+  /** An error with the given message (which says where the library was looked for). */
   constructor(message: string) {
     super(message);
     this.name = "NativeLoadError";

@@ -83,14 +83,19 @@ export function logSoftmax(x: Tensor, dim: number): Tensor {
   return x.logSoftmax(dim);
 }
 
-type Pair = number | readonly [number, number];
-const pair = (p: Pair): [number, number] => (typeof p === "number" ? [p, p] : [p[0], p[1]]);
+/** A 2-D size or step: one number for both dimensions, or [height, width]. */
+export type Size2d = number | readonly [number, number];
+const pair = (p: Size2d): [number, number] => (typeof p === "number" ? [p, p] : [p[0], p[1]]);
 
 /** Options of {@link conv2d}. */
 export interface Conv2dOptions {
-  stride?: Pair;
-  padding?: Pair;
-  dilation?: Pair;
+  /** step of the kernel (default 1) */
+  stride?: Size2d;
+  /** zero padding added on each side (default 0) */
+  padding?: Size2d;
+  /** spacing between kernel elements (default 1) */
+  dilation?: Size2d;
+  /** number of blocked connections from input to output channels (default 1) */
   groups?: number;
 }
 
@@ -125,12 +130,14 @@ export function conv2d(
 /** Options of the 2-D pools. */
 export interface Pool2dOptions {
   /** default: the kernel size */
-  stride?: Pair;
-  padding?: Pair;
+  stride?: Size2d;
+  /** implicit padding added on each side (default 0) */
+  padding?: Size2d;
+  /** round the output size up instead of down (default false) */
   ceilMode?: boolean;
 }
 
-function pool(op: number, name: string, x: Tensor, kernel: Pair, o: Pool2dOptions): Tensor {
+function pool(op: number, name: string, x: Tensor, kernel: Size2d, o: Pool2dOptions): Tensor {
   const [kh, kw] = pair(kernel);
   const [sh, sw] = pair(o.stride ?? kernel);
   const [ph, pw] = pair(o.padding ?? 0);
@@ -138,17 +145,17 @@ function pool(op: number, name: string, x: Tensor, kernel: Pair, o: Pool2dOption
 }
 
 /** 2-D average pooling. */
-export function avgPool2d(x: Tensor, kernel: Pair, opts: Pool2dOptions = {}): Tensor {
+export function avgPool2d(x: Tensor, kernel: Size2d, opts: Pool2dOptions = {}): Tensor {
   return pool(0, "avgPool2d", x, kernel, opts);
 }
 
 /** 2-D max pooling. */
-export function maxPool2d(x: Tensor, kernel: Pair, opts: Pool2dOptions = {}): Tensor {
+export function maxPool2d(x: Tensor, kernel: Size2d, opts: Pool2dOptions = {}): Tensor {
   return pool(1, "maxPool2d", x, kernel, opts);
 }
 
 /** Adaptive average pooling to an output size. */
-export function adaptiveAvgPool2d(x: Tensor, size: Pair): Tensor {
+export function adaptiveAvgPool2d(x: Tensor, size: Size2d): Tensor {
   const [h, w] = pair(size);
   return wrap(native().dd_adaptive_avg_pool2d(x._h, h, w), "adaptiveAvgPool2d", x);
 }
@@ -164,8 +171,11 @@ const MODES: Record<InterpolateMode, number> = {
 
 /** Options of {@link interpolate}: give `size` or `scaleFactor`. */
 export interface InterpolateOptions {
-  size?: Pair;
-  scaleFactor?: Pair;
+  /** output size [H, W] (or one number for both) */
+  size?: Size2d;
+  /** multiplier of the input size (one number for both dimensions, or [h, w]) */
+  scaleFactor?: Size2d;
+  /** sampling algorithm (default "nearest") */
   mode?: InterpolateMode;
   /** bilinear / bicubic only (default false) */
   alignCorners?: boolean;
@@ -206,7 +216,9 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
 
 /** Options of {@link gridSample}. */
 export interface GridSampleOptions {
+  /** interpolation of the sampled values (default "bilinear") */
   mode?: "bilinear" | "nearest" | "bicubic";
+  /** value of grid points outside the input (default "zeros") */
   paddingMode?: "zeros" | "border" | "reflection";
   /** default false, as in PyTorch and in DenseDINO's point convention */
   alignCorners?: boolean;
@@ -239,6 +251,7 @@ export interface CrossEntropyOptions {
   reduction?: "mean" | "sum" | "none";
   /** target value that contributes nothing (default −100; segmentation uses 255) */
   ignoreIndex?: number;
+  /** amount of smoothing in [0, 1] mixed into the targets (default 0: none) */
   labelSmoothing?: number;
 }
 

@@ -21,6 +21,7 @@ export abstract class NativeHandle implements Disposable {
   /** @internal true when excluded from scopes (see {@link keep}) */
   declare _kept: boolean;
 
+  /** Takes ownership of native handle `h` and registers it with the current scope. */
   constructor(h: number) {
     this._h = h;
     this._kept = false;

@@ -12,6 +12,8 @@ export {
   type ReduceOptions,
   Tensor,
   type TensorData,
+  /** The typed array {@link Tensor.toTypedArray} returns for a dtype. */
+  type TypedArrayOf,
   type ValuesIndices,
 } from "./tensor.ts";
 export {
@@ -71,6 +73,8 @@ export {
   type PadMode,
   type Pool2dOptions,
   scaledDotProductAttention,
+  /** A 2-D size or step: one number, or [height, width]. */
+  type Size2d,
   softmax,
   stack,
   weightNorm,
@@ -91,6 +95,8 @@ export {
   zeroGrads,
 } from "./optim.ts";
 export {
+  /** The type of {@link cuda}: CUDA queries and controls. */
+  type Cuda,
   cuda,
   type CudaMemoryStats,
   getNumThreads,

@@ -109,8 +109,11 @@ export function zeroGrads(params: readonly Tensor[], setToNone = true): void {
 
 /** A parameter group: its own learning rate and weight decay, changeable every iteration. */
 export interface ParamGroup {
+  /** the parameters of the group */
   params: Tensor[];
+  /** learning rate (default: the optimiser's) */
   lr?: number;
+  /** weight decay (default: the optimiser's) */
   weightDecay?: number;
   /** a label for logs and state dicts */
   name?: string;
@@ -118,23 +121,33 @@ export interface ParamGroup {
 
 /** A parameter group as the optimiser holds it (lr / weightDecay writable). */
 export interface LiveGroup {
+  /** the parameters of the group */
   readonly params: readonly Tensor[];
+  /** learning rate used by the next step */
   lr: number;
+  /** weight decay used by the next step */
   weightDecay: number;
+  /** the group's label (default "group{i}") */
   readonly name: string;
 }
 
 /** Options of {@link AdamW}; defaults are torch.optim.AdamW's. */
 export interface AdamWOptions {
+  /** learning rate (default 1e-3) */
   lr?: number;
+  /** decay rates of the first and second moment averages (default [0.9, 0.999]) */
   betas?: [number, number];
+  /** term added to the denominator for numerical stability (default 1e-8) */
   eps?: number;
+  /** decoupled weight decay coefficient (default 1e-2) */
   weightDecay?: number;
 }
 
 /** Optimiser state as tensors (for safetensors) plus JSON-able numbers. */
 export interface OptimizerState {
+  /** state tensors by name */
   tensors: Record<string, Tensor>;
+  /** hyper-parameters, groups and step counts (JSON-serialisable) */
   meta: Record<string, unknown>;
 }
 
@@ -174,8 +187,11 @@ function checkGroups(groups: readonly LiveGroup[], op: string): void {
  * {@link stateDict} / {@link loadStateDict}.
  */
 export class AdamW {
+  /** the parameter groups; set their lr / weightDecay to follow a schedule */
   readonly groups: LiveGroup[];
+  /** decay rates of the first and second moment averages */
   readonly betas: [number, number];
+  /** term added to the denominator for numerical stability */
   readonly eps: number;
   #handles: Uint32Array[];
   #m: Tensor[][];
@@ -184,6 +200,7 @@ export class AdamW {
   #vh: Uint32Array[];
   #steps: Float64Array[];
 
+  /** An optimiser over `params` (one group) or parameter groups, with zeroed moments. */
   constructor(params: Tensor[] | ParamGroup[], opts: AdamWOptions = {}) {
     const lr = opts.lr ?? 1e-3;
     const wd = opts.weightDecay ?? 1e-2;
@@ -333,22 +350,32 @@ export class AdamW {
 
 /** Options of {@link SGD}; defaults are torch.optim.SGD's. */
 export interface SGDOptions {
+  /** learning rate (required) */
   lr: number;
+  /** momentum factor (default 0: none) */
   momentum?: number;
+  /** dampening of the momentum (default 0) */
   dampening?: number;
+  /** L2 penalty added to the gradient (default 0) */
   weightDecay?: number;
+  /** use Nesterov momentum (default false; needs momentum > 0 and zero dampening) */
   nesterov?: boolean;
 }
 
 /** SGD with momentum / weight decay / Nesterov (torch.optim.SGD), e.g. for linear probes. */
 export class SGD {
+  /** the parameter groups; set their lr / weightDecay to follow a schedule */
   readonly groups: LiveGroup[];
+  /** momentum factor */
   readonly momentum: number;
+  /** dampening of the momentum */
   readonly dampening: number;
+  /** whether Nesterov momentum is used */
   readonly nesterov: boolean;
   #handles: Uint32Array[];
   #bufs: Uint32Array[];
 
+  /** An optimiser over `params` (one group) or parameter groups. */
   constructor(params: Tensor[] | ParamGroup[], opts: SGDOptions) {
     this.momentum = opts.momentum ?? 0;
     this.dampening = opts.dampening ?? 0;

@@ -13,8 +13,11 @@ import { fail, genH, sizesBuf, status, Tensor, wrap } from "./tensor.ts";
 
 /** Options shared by the random creation functions. */
 export interface RandomOptions {
+  /** element type (default float32; int64 for randint / randperm) */
   dtype?: DType;
+  /** device to create the tensor on (default "cpu") */
   device?: Device;
+  /** generator to draw from (default: libtorch's default generator of the device) */
   generator?: Generator;
 }
 

@@ -25,9 +25,13 @@ export function getNumThreads(): number {
 
 /** CUDA memory statistics in bytes. */
 export interface CudaMemoryStats {
+  /** bytes currently allocated to tensors */
   allocated: number;
+  /** the most bytes allocated to tensors since the last peak reset */
   peakAllocated: number;
+  /** bytes currently held by the caching allocator (allocated plus cached) */
   reserved: number;
+  /** the most bytes held by the caching allocator since the last peak reset */
   peakReserved: number;
 }
 

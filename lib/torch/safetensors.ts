@@ -92,14 +92,19 @@ function setOwn<T>(obj: Record<string, T>, key: string, value: T): void {
 
 /** One entry of a safetensors header. */
 export interface SafetensorsInfo {
+  /** safetensors dtype name, e.g. "F32" (see {@link SAFETENSORS_DTYPE}) */
   dtype: string;
+  /** the tensor's shape */
   shape: number[];
+  /** [begin, end) byte offsets of the tensor's data, relative to the data section */
   data_offsets: [number, number];
 }
 
 /** A parsed header: tensor entries (in file order) and the free-form string metadata. */
 export interface SafetensorsHeader {
+  /** [name, entry] pairs in the order of their data */
   tensors: [string, SafetensorsInfo][];
+  /** the `__metadata__` strings (empty when absent) */
   metadata: Record<string, string>;
   /** byte offset of the data section in the file */
   dataStart: number;
@@ -107,7 +112,9 @@ export interface SafetensorsHeader {
 
 /** The tensors of a file and its metadata. */
 export interface SafetensorsContent {
+  /** the loaded tensors by name */
   tensors: Record<string, Tensor>;
+  /** the `__metadata__` strings (empty when absent) */
   metadata: Record<string, string>;
 }
 

@@ -262,11 +262,18 @@ export interface ReduceOptions {
 
 /** A pair of tensors returned by max/min/topk/sort along a dimension. */
 export interface ValuesIndices {
+  /** the selected values */
   values: Tensor;
+  /** their int64 indices along the dimension */
   indices: Tensor;
 }
 
-type TypedArrayOf<D extends DType> = D extends "float64" ? Float64Array
+/**
+ * The typed array {@link Tensor.toTypedArray} returns for a dtype: Float32Array for float32
+ * (and float16 / bfloat16, converted), Float64Array, BigInt64Array for int64, Int32Array,
+ * Int16Array, Int8Array, Uint8Array for uint8 and bool.
+ */
+export type TypedArrayOf<D extends DType> = D extends "float64" ? Float64Array
   : D extends "int64" ? BigInt64Array
   : D extends "int32" ? Int32Array
   : D extends "int16" ? Int16Array
