@@ -165,6 +165,15 @@ export function positiveInt(v: string, flag: string): number {
 }
 
 /** Prints the report as the single stdout JSON line. */
+/** Parses a comma-separated `--variants` list, rejecting names not in `known`. */
+export function parseVariants<V extends string>(v: string, known: readonly V[]): V[] {
+  const out = v.split(",").map((x) => x.trim()) as V[];
+  for (const x of out) {
+    if (!known.includes(x)) throw new Error(`unknown variant ${x}; known: ${known}`);
+  }
+  return out;
+}
+
 export function emit(report: BenchReport): void {
   console.log(JSON.stringify(report));
 }

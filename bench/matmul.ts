@@ -23,6 +23,7 @@ import {
   fmt,
   loadedLibraries,
   parseThreads,
+  parseVariants,
   positiveInt,
   summarize,
   threadInfo,
@@ -82,10 +83,7 @@ Times a square float32 matmul (result freed), per call (ms).
   const reps = positiveInt(values.reps, "reps");
   const warmup = positiveInt(values.warmup, "warmup");
   const threads = parseThreads(values.threads);
-  const variants = values.variants.split(",").map((v) => v.trim()) as Variant[];
-  for (const v of variants) {
-    if (!VARIANTS.includes(v)) throw new Error(`unknown variant ${v}; known: ${VARIANTS}`);
-  }
+  const variants = parseVariants(values.variants, VARIANTS);
 
   if (threads !== null) dd.setNumThreads(threads);
   dd.manualSeed(0);

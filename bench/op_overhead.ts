@@ -21,6 +21,7 @@ import {
   fmt,
   loadedLibraries,
   parseThreads,
+  parseVariants,
   positiveInt,
   summarize,
   threadInfo,
@@ -108,10 +109,7 @@ Times add of two 4-element float32 tensors with the result freed, per op (µs).
   const reps = positiveInt(values.reps, "reps");
   const warmup = positiveInt(values.warmup, "warmup");
   const threads = parseThreads(values.threads);
-  const variants = values.variants.split(",").map((v) => v.trim()) as Variant[];
-  for (const v of variants) {
-    if (!VARIANTS.includes(v)) throw new Error(`unknown variant ${v}; known: ${VARIANTS}`);
-  }
+  const variants = parseVariants(values.variants, VARIANTS);
 
   if (threads !== null) dd.setNumThreads(threads);
   const a = dd.full([4], 1);

@@ -118,6 +118,23 @@ at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double v) {
   }
 }
 
+// prod / all / any reduce one dimension per call in libtorch 1.13: apply `fn` over `dims` from
+// the last to the first so the remaining indices stay valid. A repeated dimension would
+// silently reduce a different one, so it is rejected, as sum / mean do.
+template <typename F>
+at::Tensor one_dim_at_a_time(const at::Tensor& a, std::vector<int64_t> dims, F fn) {
+  for (auto& x : dims) x = c10::maybe_wrap_dim(x, a.dim());
+  std::sort(dims.rbegin(), dims.rend());
+  for (size_t i = 1; i < dims.size(); i++) {
+    if (dims[i] == dims[i - 1])
+      throw std::invalid_argument("dim " + std::to_string(dims[i]) +
+                                  " appears multiple times in the list of dims");
+  }
+  at::Tensor r = a;
+  for (auto x : dims) r = fn(r, x);
+  return r;
+}
+
 c10::optional<at::Scalar> bound(double v, int32_t has) {
   if (!has) return c10::nullopt;
   return js_scalar(v);
@@ -284,17 +301,6 @@ dd_tensor dd_reduce(int32_t op, dd_tensor h, const int32_t* dims, int32_t ndims,
     if (all) {
       d.clear();
       for (int64_t i = 0; i < a.dim(); i++) d.push_back(i);
-    } else if (op == DD_PROD || op == DD_ALL || op == DD_ANY) {
-      // these reduce one dimension at a time below: a repeated dimension would silently
-      // reduce a different one, so reject it as sum / mean do
-      std::vector<bool> seen(static_cast<size_t>(std::max<int64_t>(a.dim(), 1)), false);
-      for (auto x : d) {
-        int64_t w = c10::maybe_wrap_dim(x, a.dim());
-        if (seen[static_cast<size_t>(w)])
-          throw std::invalid_argument("dim " + std::to_string(w) +
-                                      " appears multiple times in the list of dims");
-        seen[static_cast<size_t>(w)] = true;
-      }
     }
     switch (op) {
       case DD_SUM: return put(all && !kd ? a.sum() : a.sum(d, kd));
@@ -302,34 +308,15 @@ dd_tensor dd_reduce(int32_t op, dd_tensor h, const int32_t* dims, int32_t ndims,
       case DD_AMAX: return put(all && !kd ? a.max() : a.amax(d, kd));
       case DD_AMIN: return put(all && !kd ? a.min() : a.amin(d, kd));
       case DD_LOGSUMEXP: return put(a.dim() == 0 ? a.clone() : at::logsumexp(a, d, kd));
-      case DD_PROD: {
+      case DD_PROD:
         if (all && !kd) return put(a.prod());
-        at::Tensor r = a;
-        // prod reduces one dim at a time; go from the last so indices stay valid
-        std::vector<int64_t> sorted = d;
-        for (auto& x : sorted) x = c10::maybe_wrap_dim(x, a.dim());
-        std::sort(sorted.rbegin(), sorted.rend());
-        for (auto x : sorted) r = r.prod(x, kd);
-        return put(r);
-      }
-      case DD_ALL: {
-        at::Tensor r = a;
+        return put(one_dim_at_a_time(a, d, [&](const at::Tensor& r, int64_t x) { return r.prod(x, kd); }));
+      case DD_ALL:
         if (all && !kd) return put(a.all());
-        std::vector<int64_t> sorted = d;
-        for (auto& x : sorted) x = c10::maybe_wrap_dim(x, a.dim());
-        std::sort(sorted.rbegin(), sorted.rend());
-        for (auto x : sorted) r = r.all(x, kd);
-        return put(r);
-      }
-      case DD_ANY: {
-        at::Tensor r = a;
+        return put(one_dim_at_a_time(a, d, [&](const at::Tensor& r, int64_t x) { return r.all(x, kd); }));
+      case DD_ANY:
         if (all && !kd) return put(a.any());
-        std::vector<int64_t> sorted = d;
-        for (auto& x : sorted) x = c10::maybe_wrap_dim(x, a.dim());
-        std::sort(sorted.rbegin(), sorted.rend());
-        for (auto x : sorted) r = r.any(x, kd);
-        return put(r);
-      }
+        return put(one_dim_at_a_time(a, d, [&](const at::Tensor& r, int64_t x) { return r.any(x, kd); }));
       case DD_VAR:
       case DD_STD: {
         if (correction != 0 && correction != 1)
