@@ -16,3 +16,4 @@
  * @module
  */
 export * from "./lib/torch/mod.ts";
+export * from "./lib/nn/mod.ts";

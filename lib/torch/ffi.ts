@@ -8,7 +8,7 @@
 import { libraryCandidates, NATIVE_ENV } from "../../native/paths.ts";
 
 /** The ABI version this binding expects (DD_ABI_VERSION in native/include/densedino.h). */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 const H = "u32" as const; // tensor / generator handle
 const I = "i32" as const;
@@ -145,6 +145,7 @@ const SYMBOLS = {
   dd_grad: { parameters: [H, B], result: I },
   dd_set_grad: { parameters: [H, H], result: I },
   dd_set_grad_enabled: { parameters: [I], result: I },
+  dd_set_data: { parameters: [H, H], result: I },
   dd_is_grad_enabled: { parameters: [], result: I },
 
   dd_ema_: { parameters: [B, B, I, F], result: I },

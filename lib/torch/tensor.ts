@@ -56,6 +56,7 @@ export const U = {
   clone: 28,
   detach: 29,
   expm1: 30,
+  alias: 31,
 } as const;
 
 /** @internal */
@@ -651,6 +652,13 @@ export class Tensor extends NativeHandle {
   /** A copy that owns its data (gradients flow back through it). */
   clone(): Tensor {
     return unary(this, U.clone, "clone");
+  }
+  /**
+   * A new handle to this very tensor (same data, same autograd identity): for code that must
+   * return a tensor its caller owns when the result is the input itself.
+   */
+  alias(): Tensor {
+    return unary(this, U.alias, "alias");
   }
   /** A view cut from the autograd graph. */
   detach(): Tensor {
@@ -1257,6 +1265,18 @@ export class Tensor extends NativeHandle {
     const s = status(native().dd_grad(this.handle("grad"), OUT2), "grad", this);
     return s === 1 ? new Tensor(OUT2[0]) : null;
   }
+  /**
+   * Replaces this tensor's data with `src`'s (shape, dtype and device may change), keeping this
+   * handle and its autograd identity — as `p.data = src` in PyTorch. The cached shape and dtype
+   * follow. Used to move parameters between devices without invalidating references to them.
+   */
+  setData_(src: Tensor): this {
+    status(native().dd_set_data(this._h, src._h), "setData_", this, src);
+    this._shape = null;
+    this._dtype = null;
+    return this;
+  }
+
   /** Replaces the gradient (null drops it, as `p.grad = None`). */
   setGrad(g: Tensor | null): void {
     status(native().dd_set_grad(this._h, optH(g, "setGrad")), "setGrad", this, g ?? undefined);

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define DD_ABI_VERSION 1
+#define DD_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define DD_API __declspec(dllexport)
@@ -122,8 +122,9 @@ enum {
   DD_NEG = 0, DD_ABS, DD_SQRT, DD_RSQRT, DD_EXP, DD_LOG, DD_LOG1P, DD_FLOOR, DD_CEIL,
   DD_ROUND, DD_TRUNC, DD_SIGN, DD_SIGMOID, DD_TANH, DD_RELU, DD_GELU, DD_GELU_TANH, DD_SILU,
   DD_SIN, DD_COS, DD_RECIPROCAL, DD_ERF, DD_ERFINV, DD_SQUARE, DD_LOGICAL_NOT, DD_ISNAN,
-  DD_ISFINITE, DD_CONTIGUOUS, DD_CLONE, DD_DETACH, DD_EXPM1, DD_UNARY_COUNT
+  DD_ISFINITE, DD_CONTIGUOUS, DD_CLONE, DD_DETACH, DD_EXPM1, DD_ALIAS, DD_UNARY_COUNT
 };
+/* DD_ALIAS: a new handle to the same tensor (same data and autograd identity) */
 DD_API dd_tensor dd_unary(int32_t op, dd_tensor a);
 
 enum {
@@ -257,6 +258,9 @@ DD_API int32_t dd_backward(dd_tensor t, dd_tensor grad, int32_t retain_graph);
 DD_API int32_t dd_grad(dd_tensor t, dd_tensor* out);
 DD_API int32_t dd_set_grad(dd_tensor t, dd_tensor grad);   /* grad 0 → None */
 DD_API int32_t dd_set_grad_enabled(int32_t flag);          /* returns the previous state */
+/* replaces t's data with src's (same handle, autograd identity kept; as `p.data = src` in
+ * PyTorch): how a module moves its parameters to another device or dtype in place */
+DD_API int32_t dd_set_data(dd_tensor t, dd_tensor src);
 DD_API int32_t dd_is_grad_enabled(void);
 
 /* ---- per-parameter loops: one call over a list ----------------------------------- */

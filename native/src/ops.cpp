@@ -50,6 +50,7 @@ at::Tensor unary(int32_t op, const at::Tensor& a) {
     case DD_CLONE: return a.clone();
     case DD_DETACH: return a.detach();
     case DD_EXPM1: return a.expm1();
+    case DD_ALIAS: return a;
     default: bad_op("unary", op);
   }
 }
@@ -627,7 +628,7 @@ dd_tensor dd_dropout(dd_tensor h, double p, int32_t train, dd_generator g) {
   try {
     auto& x = get(h);
     if (p < 0 || p > 1) throw std::invalid_argument("dropout probability must be in [0, 1]");
-    if (!train || p == 0) return put(x.alias());
+    if (!train || p == 0) return put(x);
     if (g == 0) return put(at::dropout(x, p, true));
     if (p == 1) return put(x * 0);
     auto keep = at::empty_like(x, x.options().requires_grad(false)).bernoulli_(1 - p, dd::generator(g));

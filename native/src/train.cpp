@@ -82,6 +82,16 @@ int32_t dd_set_grad(dd_tensor t, dd_tensor grad) {
   })
 }
 
+int32_t dd_set_data(dd_tensor t, dd_tensor src) {
+  DD_STATUS({
+    auto& x = get(t);
+    auto& y = get(src);
+    if (&x == &y) return 0;
+    x.set_data(y);
+    return 0;
+  })
+}
+
 int32_t dd_set_grad_enabled(int32_t flag) {
   DD_STATUS({
     bool prev = at::GradMode::is_enabled();

@@ -1,0 +1,336 @@
+/**
+ * Multi-head self-attention with DenseDINO's reference-token masks, and the transformer block.
+ *
+ * Token order (as the official DenseDINO code): `[cls, ref_1 … ref_R, patch_1 … patch_N]`.
+ * Mask modes (which keys each query may attend; "ref" = reference tokens):
+ *
+ * | mode                  | cls & patch queries        | ref queries                    |
+ * | --------------------- | -------------------------- | ------------------------------ |
+ * | `none`                | everything                 | everything                     |
+ * | `all2pos`             | cls + patches              | cls + patches                  |
+ * | `all2pos_pos2cls`     | cls + patches              | patches                        |
+ * | `all2pos_pos2cls_eye` | cls + patches              | patches + itself  (default)    |
+ * | `all_query`           | cls: itself + patches; patches: patches | itself + patches  |
+ *
+ * Under the three `all2pos*` modes nothing attends to a reference token except (with `eye`)
+ * itself, so class and patch outputs are exactly those of the model without reference tokens.
+ * That is the fast path: plain self-attention over class + patch tokens, plus a small attention
+ * of the reference queries over their allowed keys ({@link Block.forwardSplit}); it is exact,
+ * not an approximation, and is tested against the explicit-mask computation.
+ *
+ * @module
+ */
+import {
+  cat,
+  type Device,
+  fromTypedArray,
+  hasScaledDotProductAttention,
+  scaledDotProductAttention,
+  scope,
+  type Tensor,
+  TorchError,
+} from "../torch/mod.ts";
+import { Module } from "./module.ts";
+import { Dropout, DropPath, type InitOptions, LayerNorm, Linear, Mlp } from "./layers.ts";
+
+/** The attention mask modes of DenseDINO (see the module documentation). */
+export const MASK_MODES = [
+  "none",
+  "all2pos",
+  "all2pos_pos2cls",
+  "all2pos_pos2cls_eye",
+  "all_query",
+] as const;
+
+/** A DenseDINO attention mask mode. */
+export type MaskMode = typeof MASK_MODES[number];
+
+/** The paper's and official code's default mask mode. */
+export const DEFAULT_MASK_MODE: MaskMode = "all2pos_pos2cls_eye";
+
+/** Throws a TorchError naming the argument when `mode` is not a mask mode. */
+export function checkMaskMode(mode: string, op = "maskMode"): MaskMode {
+  if (!(MASK_MODES as readonly string[]).includes(mode)) {
+    throw new TorchError(
+      op,
+      `unknown mask mode "${mode}"; expected one of ${MASK_MODES.join(", ")}`,
+    );
+  }
+  return mode as MaskMode;
+}
+
+/** True for the modes that the split (fast) path computes exactly. */
+export function isSplitMode(mode: MaskMode): boolean {
+  return mode === "all2pos" || mode === "all2pos_pos2cls" || mode === "all2pos_pos2cls_eye";
+}
+
+/**
+ * The additive attention mask [T, T] (0 = may attend, −∞ = may not) for `numCls` class tokens
+ * (0 or 1) followed by `numRef` reference tokens and the patch tokens, or null for "none".
+ * Same construction as the official `prepare_attn_mask`.
+ */
+export function attentionMask(
+  numTokens: number,
+  numCls: number,
+  numRef: number,
+  mode: MaskMode,
+  device: Device = "cpu",
+): Tensor | null {
+  checkMaskMode(mode, "attentionMask");
+  if (mode === "none") return null;
+  const T = numTokens;
+  const m = new Float32Array(T * T);
+  const r0 = numCls, r1 = numCls + numRef;
+  for (let i = 0; i < T; i++) {
+    for (let j = 0; j < T; j++) {
+      let blocked = false;
+      if (mode === "all_query") {
+        blocked = j < r1 && i !== j;
+      } else {
+        blocked = j >= r0 && j < r1; // nobody attends reference tokens …
+        if (mode !== "all2pos" && i >= r0 && i < r1 && j === 0 && numCls > 0) blocked = true; // … refs skip cls
+        if (mode === "all2pos_pos2cls_eye" && i === j) blocked = false; // … but see themselves
+      }
+      if (blocked) m[i * T + j] = -Infinity;
+    }
+  }
+  return fromTypedArray(m, [T, T], { device });
+}
+
+/** Options of {@link Attention}. */
+export interface AttentionOptions extends InitOptions {
+  /** bias in the qkv projection (default true, as the ViT archs) */
+  qkvBias?: boolean;
+  /** dropout on attention weights (default 0) */
+  attnDrop?: number;
+  /** dropout after the output projection (default 0) */
+  projDrop?: number;
+}
+
+/** The result of an attention call: outputs, and the weights when asked for. */
+export interface AttentionOutput {
+  /** [B, T, C] */
+  out: Tensor;
+  /** [B, heads, T, T] attention weights (with `returnAttention`) */
+  attn?: Tensor;
+}
+
+/** Multi-head attention with a fused qkv projection (`qkv.*`, `proj.*`). */
+export class Attention extends Module {
+  /** dim → 3·dim */
+  readonly qkv: Linear;
+  /** dim → dim */
+  readonly proj: Linear;
+  /** number of heads */
+  readonly numHeads: number;
+  /** 1/√head_dim */
+  readonly scale: number;
+  /** dropout on the attention weights */
+  readonly attnDrop: Dropout;
+  /** dropout after the projection */
+  readonly projDrop: Dropout;
+
+  constructor(dim: number, numHeads: number, opts: AttentionOptions = {}) {
+    super();
+    if (!Number.isInteger(numHeads) || numHeads < 1 || dim % numHeads !== 0) {
+      throw new TorchError("Attention", `dim ${dim} must be divisible by numHeads ${numHeads}`);
+    }
+    this.numHeads = numHeads;
+    this.scale = (dim / numHeads) ** -0.5;
+    this.qkv = this.registerModule(
+      "qkv",
+      new Linear(dim, dim * 3, { ...opts, bias: opts.qkvBias ?? true }),
+    );
+    this.attnDrop = this.registerModule("attn_drop", new Dropout(opts.attnDrop ?? 0));
+    this.proj = this.registerModule("proj", new Linear(dim, dim, opts));
+    this.projDrop = this.registerModule("proj_drop", new Dropout(opts.projDrop ?? 0));
+  }
+
+  /** q, k, v [B, heads, T, d] of tokens x [B, T, C]. */
+  qkvHeads(x: Tensor): [Tensor, Tensor, Tensor] {
+    const [B, T, C] = x.shape;
+    const parts = this.qkv.forward(x).reshape([B, T, 3, this.numHeads, C / this.numHeads]).permute([
+      2,
+      0,
+      3,
+      1,
+      4,
+    ]);
+    const out: [Tensor, Tensor, Tensor] = [
+      parts.select(0, 0),
+      parts.select(0, 1),
+      parts.select(0, 2),
+    ];
+    parts.free();
+    return out;
+  }
+
+  /** [B, heads, T, d] → projected [B, T, C]. */
+  merge(o: Tensor): Tensor {
+    return scope(() => {
+      const [B, H, T, d] = o.shape;
+      return this.projDrop.forward(this.proj.forward(o.transpose(1, 2).reshape([B, T, H * d])));
+    });
+  }
+
+  /**
+   * Attention over all tokens with an optional additive mask [T, T] (the explicit path, as the
+   * official code). Uses the fused kernel of libtorch ≥ 2.0 when no weights are requested.
+   */
+  forward(
+    x: Tensor,
+    mask: Tensor | null = null,
+    opts: { returnAttention?: boolean } = {},
+  ): AttentionOutput {
+    return scope(() => {
+      const [q, k, v] = this.qkvHeads(x);
+      if (!opts.returnAttention && this.attnDrop.p === 0 && hasScaledDotProductAttention()) {
+        const o = scaledDotProductAttention(q, k, v, {
+          mask: mask ?? undefined,
+          scale: this.scale,
+        });
+        return { out: this.merge(o) };
+      }
+      let logits = q.matmul(k.transpose(-2, -1)).mul(this.scale);
+      if (mask) logits = logits.add(mask);
+      const attn = logits.softmax(-1);
+      const o = this.attnDrop.forward(attn).matmul(v);
+      return opts.returnAttention ? { out: this.merge(o), attn } : { out: this.merge(o) };
+    });
+  }
+
+  /**
+   * The split path: `main` = [cls?, patches] [B, 1+N, C] attends to itself only; reference
+   * queries `ref` [B, R, C] attend to the keys `mode` allows (see the module table). Exactly
+   * the explicit computation under the `all2pos*` masks, at a fraction of its cost.
+   */
+  forwardSplit(
+    main: Tensor,
+    ref: Tensor,
+    numCls: number,
+    mode: MaskMode,
+  ): { main: Tensor; ref: Tensor } {
+    if (!isSplitMode(mode)) {
+      throw new TorchError("Attention", `mask mode "${mode}" has no split path`);
+    }
+    return scope(() => {
+      const [q, k, v] = this.qkvHeads(main);
+      let mainOut: Tensor;
+      if (this.attnDrop.p === 0 && hasScaledDotProductAttention()) {
+        mainOut = scaledDotProductAttention(q, k, v, { scale: this.scale });
+      } else {
+        const attn = q.matmul(k.transpose(-2, -1)).mul(this.scale).softmax(-1);
+        mainOut = this.attnDrop.forward(attn).matmul(v);
+      }
+      const [qr, kr, vr] = this.qkvHeads(ref);
+      // keys the reference queries may see: cls + patches (all2pos) or patches only
+      const skip = mode === "all2pos" ? 0 : numCls;
+      const T = main.size(1);
+      const keys = skip === 0 ? k : k.narrow(2, skip, T - skip);
+      const vals = skip === 0 ? v : v.narrow(2, skip, T - skip);
+      let logits = qr.matmul(keys.transpose(-2, -1)).mul(this.scale); // [B, H, R, Nk]
+      let refOut: Tensor;
+      if (mode === "all2pos_pos2cls_eye") {
+        const self = qr.mul(kr).sum(-1, { keepdim: true }).mul(this.scale); // [B, H, R, 1]
+        logits = cat([logits, self], -1);
+        const attn = this.attnDrop.forward(logits.softmax(-1));
+        const nk = keys.size(2);
+        refOut = attn.narrow(-1, 0, nk).matmul(vals).add(attn.narrow(-1, nk, 1).mul(vr));
+      } else {
+        refOut = this.attnDrop.forward(logits.softmax(-1)).matmul(vals);
+      }
+      return { main: this.merge(mainOut), ref: this.merge(refOut) };
+    });
+  }
+}
+
+/** Options of {@link Block}. */
+export interface BlockOptions extends AttentionOptions {
+  /** MLP hidden size = mlpRatio · dim (default 4) */
+  mlpRatio?: number;
+  /** dropout in the MLP and after the attention projection (default 0) */
+  drop?: number;
+  /** stochastic-depth probability of this block (default 0) */
+  dropPath?: number;
+  /** LayerNorm epsilon (default 1e-6, as the ViT archs) */
+  eps?: number;
+}
+
+/** A pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). */
+export class Block extends Module {
+  /** pre-attention norm */
+  readonly norm1: LayerNorm;
+  /** the attention */
+  readonly attn: Attention;
+  /** stochastic depth on both residual branches */
+  readonly dropPath: DropPath;
+  /** pre-MLP norm */
+  readonly norm2: LayerNorm;
+  /** the MLP */
+  readonly mlp: Mlp;
+
+  constructor(dim: number, numHeads: number, opts: BlockOptions = {}) {
+    super();
+    const eps = opts.eps ?? 1e-6;
+    this.norm1 = this.registerModule("norm1", new LayerNorm(dim, eps));
+    this.attn = this.registerModule(
+      "attn",
+      new Attention(dim, numHeads, { ...opts, projDrop: opts.projDrop ?? opts.drop ?? 0 }),
+    );
+    this.dropPath = this.registerModule("drop_path", new DropPath(opts.dropPath ?? 0));
+    this.norm2 = this.registerModule("norm2", new LayerNorm(dim, eps));
+    const hidden = Math.trunc(dim * (opts.mlpRatio ?? 4));
+    this.mlp = this.registerModule(
+      "mlp",
+      new Mlp(dim, hidden, dim, { ...opts, drop: opts.drop ?? 0 }),
+    );
+  }
+
+  /** The block over all tokens with an optional additive mask (the explicit path). */
+  forward(x: Tensor, mask: Tensor | null = null): Tensor {
+    return scope(() => {
+      const y = this.attn.forward(this.norm1.forward(x), mask).out;
+      const x1 = x.add(this.dropPath.forward(y));
+      return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
+    });
+  }
+
+  /** The last block's attention weights [B, heads, T, T] (explicit path, mask applied). */
+  attention(x: Tensor, mask: Tensor | null = null): Tensor {
+    return scope(() =>
+      this.attn.forward(this.norm1.forward(x), mask, { returnAttention: true }).attn!
+    );
+  }
+
+  /**
+   * The block on the two token streams of the split path; each sample's stochastic-depth draw
+   * is shared by its class/patch and reference tokens, as in the explicit path.
+   */
+  forwardSplit(
+    main: Tensor,
+    ref: Tensor,
+    numCls: number,
+    mode: MaskMode,
+  ): { main: Tensor; ref: Tensor } {
+    return scope(() => {
+      const a = this.attn.forwardSplit(
+        this.norm1.forward(main),
+        this.norm1.forward(ref),
+        numCls,
+        mode,
+      );
+      const keep = this.dropPath.sampleScale(main);
+      const m1 = main.add(applyScale(a.main, keep));
+      const r1 = ref.add(applyScale(a.ref, keep));
+      const keep2 = this.dropPath.sampleScale(main);
+      return {
+        main: m1.add(applyScale(this.mlp.forward(this.norm2.forward(m1)), keep2)),
+        ref: r1.add(applyScale(this.mlp.forward(this.norm2.forward(r1)), keep2)),
+      };
+    });
+  }
+}
+
+function applyScale(x: Tensor, s: { keepP: number; mask: Tensor } | null): Tensor {
+  return s === null ? x : x.div(s.keepP).mul(s.mask);
+}
