@@ -200,34 +200,33 @@ export class Attention extends Module {
   }
 
   /**
-   * The split path: `main` = [cls?, patches] [B, 1+N, C] attends to itself only; reference
-   * queries `ref` [B, R, C] attend to the keys `mode` allows (see the module table). Exactly
-   * the explicit computation under the `all2pos*` masks, at a fraction of its cost.
+   * The split path over tokens x [B, M+R, C] laid out as the M class/patch tokens followed by
+   * the R reference tokens: one qkv and one output projection for all tokens (as the explicit
+   * path), but the class/patch queries attend only to each other and each reference query only
+   * to the keys `mode` allows (see the module table) — exactly the explicit computation under
+   * the `all2pos*` masks, without the (M+R)² masked score matrix.
    */
-  forwardSplit(
-    main: Tensor,
-    ref: Tensor,
-    numCls: number,
-    mode: MaskMode,
-  ): { main: Tensor; ref: Tensor } {
+  forwardRefTail(x: Tensor, numMain: number, numCls: number, mode: MaskMode): Tensor {
     if (!isSplitMode(mode)) {
       throw new TorchError("Attention", `mask mode "${mode}" has no split path`);
     }
     return scope(() => {
-      const [q, k, v] = this.qkvHeads(main);
+      const [q, k, v] = this.qkvHeads(x);
+      const R = x.size(1) - numMain;
+      const [qm, km, vm] = [q, k, v].map((t) => t.narrow(2, 0, numMain));
       let mainOut: Tensor;
       if (this.attnDrop.p === 0 && hasScaledDotProductAttention()) {
-        mainOut = scaledDotProductAttention(q, k, v, { scale: this.scale });
+        mainOut = scaledDotProductAttention(qm, km, vm, { scale: this.scale });
       } else {
-        const attn = q.matmul(k.transpose(-2, -1)).mul(this.scale).softmax(-1);
-        mainOut = this.attnDrop.forward(attn).matmul(v);
+        const attn = qm.matmul(km.transpose(-2, -1)).mul(this.scale).softmax(-1);
+        mainOut = this.attnDrop.forward(attn).matmul(vm);
       }
-      const [qr, kr, vr] = this.qkvHeads(ref);
+      if (R === 0) return this.merge(mainOut);
+      const [qr, kr, vr] = [q, k, v].map((t) => t.narrow(2, numMain, R));
       // keys the reference queries may see: cls + patches (all2pos) or patches only
       const skip = mode === "all2pos" ? 0 : numCls;
-      const T = main.size(1);
-      const keys = skip === 0 ? k : k.narrow(2, skip, T - skip);
-      const vals = skip === 0 ? v : v.narrow(2, skip, T - skip);
+      const keys = km.narrow(2, skip, numMain - skip);
+      const vals = vm.narrow(2, skip, numMain - skip);
       let logits = qr.matmul(keys.transpose(-2, -1)).mul(this.scale); // [B, H, R, Nk]
       let refOut: Tensor;
       if (mode === "all2pos_pos2cls_eye") {
@@ -239,7 +238,24 @@ export class Attention extends Module {
       } else {
         refOut = this.attnDrop.forward(logits.softmax(-1)).matmul(vals);
       }
-      return { main: this.merge(mainOut), ref: this.merge(refOut) };
+      return this.merge(cat([mainOut, refOut], 2));
+    });
+  }
+
+  /**
+   * The split path on two streams: `main` [B, M, C] (class and patch tokens) and `ref`
+   * [B, R, C]; see {@link forwardRefTail}.
+   */
+  forwardSplit(
+    main: Tensor,
+    ref: Tensor,
+    numCls: number,
+    mode: MaskMode,
+  ): { main: Tensor; ref: Tensor } {
+    return scope(() => {
+      const M = main.size(1);
+      const out = this.forwardRefTail(cat([main, ref], 1), M, numCls, mode);
+      return { main: out.narrow(1, 0, M), ref: out.narrow(1, M, ref.size(1)) };
     });
   }
 }
@@ -303,9 +319,18 @@ export class Block extends Module {
   }
 
   /**
-   * The block on the two token streams of the split path; each sample's stochastic-depth draw
-   * is shared by its class/patch and reference tokens, as in the explicit path.
+   * The block on tokens [class/patch tokens (numMain), then reference tokens] under an
+   * `all2pos*` mode, through the split attention ({@link Attention.forwardRefTail}).
    */
+  forwardRefTail(x: Tensor, numMain: number, numCls: number, mode: MaskMode): Tensor {
+    return scope(() => {
+      const y = this.attn.forwardRefTail(this.norm1.forward(x), numMain, numCls, mode);
+      const x1 = x.add(this.dropPath.forward(y));
+      return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
+    });
+  }
+
+  /** {@link forwardRefTail} on two streams: `main` [B, M, C] and `ref` [B, R, C]. */
   forwardSplit(
     main: Tensor,
     ref: Tensor,
@@ -313,24 +338,9 @@ export class Block extends Module {
     mode: MaskMode,
   ): { main: Tensor; ref: Tensor } {
     return scope(() => {
-      const a = this.attn.forwardSplit(
-        this.norm1.forward(main),
-        this.norm1.forward(ref),
-        numCls,
-        mode,
-      );
-      const keep = this.dropPath.sampleScale(main);
-      const m1 = main.add(applyScale(a.main, keep));
-      const r1 = ref.add(applyScale(a.ref, keep));
-      const keep2 = this.dropPath.sampleScale(main);
-      return {
-        main: m1.add(applyScale(this.mlp.forward(this.norm2.forward(m1)), keep2)),
-        ref: r1.add(applyScale(this.mlp.forward(this.norm2.forward(r1)), keep2)),
-      };
+      const M = main.size(1);
+      const out = this.forwardRefTail(cat([main, ref], 1), M, numCls, mode);
+      return { main: out.narrow(1, 0, M), ref: out.narrow(1, M, ref.size(1)) };
     });
   }
-}
-
-function applyScale(x: Tensor, s: { keepP: number; mask: Tensor } | null): Tensor {
-  return s === null ? x : x.div(s.keepP).mul(s.mask);
 }

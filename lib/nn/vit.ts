@@ -325,19 +325,16 @@ export class VisionTransformer extends Module {
       const t = this.#tokens(x, opts.points);
       const N = t.patch.size(1);
       if (t.ref === null || (isSplitMode(mode) && opts.fastPath !== false)) {
-        let main = this.posDrop.forward(cat([t.cls, t.patch], 1));
-        let ref = t.ref === null ? null : this.posDrop.forward(t.ref);
+        // split path: tokens laid out [cls, patches, refs]; see Block.forwardRefTail
+        const K = t.ref?.size(1) ?? 0;
+        let seq = this.posDrop.forward(cat(t.ref ? [t.cls, t.patch, t.ref] : [t.cls, t.patch], 1));
         for (const b of this.blocks) {
-          if (ref === null) {
-            main = b.forward(main);
-          } else {
-            ({ main, ref } = b.forwardSplit(main, ref, 1, mode));
-          }
+          seq = K === 0 ? b.forward(seq) : b.forwardRefTail(seq, 1 + N, 1, mode);
         }
-        const out = this.norm.forward(main);
+        const out = this.norm.forward(seq);
         return {
           cls: out.select(1, 0),
-          ref: ref === null ? null : this.norm.forward(ref),
+          ref: K === 0 ? null : out.narrow(1, 1 + N, K),
           patch: out.narrow(1, 1, N),
         };
       }
