@@ -97,6 +97,20 @@ export function attentionMask(
   return fromTypedArray(m, [T, T], { device });
 }
 
+/**
+ * Throws a TorchError naming `dim` and `numHeads` unless `dim` splits into `numHeads` heads.
+ * Constructors call it before registering any parameter: a constructor that throws half way
+ * would leak the parameters it had registered (they are excluded from scopes).
+ */
+export function checkHeads(dim: number, numHeads: number, op: string): void {
+  if (
+    !Number.isInteger(dim) || dim < 1 || !Number.isInteger(numHeads) || numHeads < 1 ||
+    dim % numHeads !== 0
+  ) {
+    throw new TorchError(op, `dim ${dim} must be divisible by numHeads ${numHeads}`);
+  }
+}
+
 /** Options of {@link Attention}. */
 export interface AttentionOptions extends InitOptions {
   /** bias in the qkv projection (default true, as the ViT archs) */
@@ -130,11 +144,10 @@ export class Attention extends Module {
   /** dropout after the projection */
   readonly projDrop: Dropout;
 
+  /** Fused qkv and output projections of width `dim`, split over `numHeads` heads. */
   constructor(dim: number, numHeads: number, opts: AttentionOptions = {}) {
     super();
-    if (!Number.isInteger(numHeads) || numHeads < 1 || dim % numHeads !== 0) {
-      throw new TorchError("Attention", `dim ${dim} must be divisible by numHeads ${numHeads}`);
-    }
+    checkHeads(dim, numHeads, "Attention");
     this.numHeads = numHeads;
     this.scale = (dim / numHeads) ** -0.5;
     this.qkv = this.registerModule(
@@ -285,8 +298,14 @@ export class Block extends Module {
   /** the MLP */
   readonly mlp: Mlp;
 
+  /** A block of width `dim` with `numHeads` heads (LayerNorm eps 1e-6 by default). */
   constructor(dim: number, numHeads: number, opts: BlockOptions = {}) {
     super();
+    checkHeads(dim, numHeads, "Block");
+    const hidden = Math.trunc(dim * (opts.mlpRatio ?? 4));
+    if (!(hidden >= 1)) {
+      throw new TorchError("Block", `mlpRatio ${opts.mlpRatio} gives an MLP of ${hidden} units`);
+    }
     const eps = opts.eps ?? 1e-6;
     this.norm1 = this.registerModule("norm1", new LayerNorm(dim, eps));
     this.attn = this.registerModule(
@@ -295,7 +314,6 @@ export class Block extends Module {
     );
     this.dropPath = this.registerModule("drop_path", new DropPath(opts.dropPath ?? 0));
     this.norm2 = this.registerModule("norm2", new LayerNorm(dim, eps));
-    const hidden = Math.trunc(dim * (opts.mlpRatio ?? 4));
     this.mlp = this.registerModule(
       "mlp",
       new Mlp(dim, hidden, dim, { ...opts, drop: opts.drop ?? 0 }),

@@ -44,6 +44,7 @@ export class WeightNormLinear extends Module {
   /** direction [out, in] */
   readonly weightV: Tensor;
 
+  /** Gain `weight_g` ones [out, 1] (frozen when `normLastLayer`), direction `weight_v` as torch.nn.Linear's default. */
   constructor(inFeatures: number, outFeatures: number, normLastLayer: boolean, g?: Generator) {
     super();
     const bound = 1 / Math.sqrt(inFeatures); // torch.nn.Linear's default initialisation of v
@@ -74,14 +75,19 @@ export class DINOHead extends Module {
   /** output width (the number of prototypes) */
   readonly outDim: number;
 
+  /** A head from `inDim` features to `outDim` logits. */
   constructor(inDim: number, outDim: number, opts: DINOHeadOptions = {}) {
     super();
     const nlayers = Math.max(opts.nlayers ?? 3, 1);
     const hidden = opts.hiddenDim ?? 2048;
     const bottleneck = opts.bottleneckDim ?? 256;
     const g = opts.generator;
-    if (!Number.isInteger(outDim) || outDim < 1) {
-      throw new TorchError("DINOHead", `outDim must be a positive integer, got ${outDim}`);
+    // check every size before creating a layer: a half-built head would leak its parameters
+    const sizes = { inDim, outDim, hiddenDim: hidden, bottleneckDim: bottleneck };
+    for (const [k, v] of Object.entries(sizes)) {
+      if (!Number.isInteger(v) || v < 1) {
+        throw new TorchError("DINOHead", `${k} must be a positive integer, got ${v}`);
+      }
     }
     this.outDim = outDim;
     const lin = (i: number, o: number) => new Linear(i, o, { generator: g }).initTruncNormal(g);

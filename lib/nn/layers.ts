@@ -89,6 +89,7 @@ export class Linear extends Layer {
     return this;
   }
 
+  /** x [..., in] → [..., out]. */
   forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias);
   }
@@ -105,6 +106,7 @@ export class LayerNorm extends Layer {
   /** variance epsilon */
   readonly eps: number;
 
+  /** Normalises the last dimension of size `dim`. */
   constructor(dim: number, eps = 1e-5) {
     super();
     this.dim = dim;
@@ -113,6 +115,7 @@ export class LayerNorm extends Layer {
     this.bias = this.registerParameter("bias", zeros([dim]));
   }
 
+  /** Normalises x [..., dim]. */
   forward(x: Tensor): Tensor {
     return layerNorm(x, [this.dim], this.weight, this.bias, this.eps);
   }
@@ -120,6 +123,7 @@ export class LayerNorm extends Layer {
 
 /** The exact (erf) GELU. */
 export class GELU extends Layer {
+  /** Applies GELU elementwise. */
   forward(x: Tensor): Tensor {
     return x.gelu();
   }
@@ -132,12 +136,14 @@ export class Dropout extends Layer {
   /** generator for the masks (default: libtorch's default) */
   generator?: Generator;
 
+  /** Drops elements with probability `p`. */
   constructor(p = 0.5) {
     super();
     if (!(p >= 0 && p <= 1)) throw new TorchError("Dropout", `p must be in [0, 1], got ${p}`);
     this.p = p;
   }
 
+  /** Dropout in training mode; the identity otherwise. */
   forward(x: Tensor): Tensor {
     return dropout(x, this.p, this.training, this.generator);
   }
@@ -153,6 +159,7 @@ export class DropPath extends Layer {
   /** generator for the per-sample draws (default: libtorch's default) */
   generator?: Generator;
 
+  /** Drops a sample's branch with probability `p`. */
   constructor(p = 0) {
     super();
     if (!(p >= 0 && p < 1)) throw new TorchError("DropPath", `p must be in [0, 1), got ${p}`);
@@ -174,6 +181,7 @@ export class DropPath extends Layer {
     return { keepP, mask };
   }
 
+  /** Applies stochastic depth to x [B, …] (an alias of x in eval mode or with p = 0). */
   forward(x: Tensor): Tensor {
     return scope(() => {
       const s = this.sampleScale(x);
@@ -187,12 +195,14 @@ export class Sequential extends Layer {
   /** the layers */
   readonly layers: readonly Layer[];
 
+  /** The layers, registered as "0", "1", …. */
   constructor(...layers: Layer[]) {
     super();
     this.layers = layers;
     layers.forEach((l, i) => this.registerModule(String(i), l));
   }
 
+  /** Applies the layers in order. */
   forward(x: Tensor): Tensor {
     return scope(() => {
       let y = x;
@@ -213,6 +223,7 @@ export class PatchEmbed extends Layer {
   /** input channels */
   readonly inChans: number;
 
+  /** A patch embedding of `inChans` channels into `embedDim`-wide tokens. */
   constructor(patchSize: number, inChans: number, embedDim: number, opts: InitOptions = {}) {
     super();
     this.patchSize = patchSize;
@@ -255,6 +266,7 @@ export class Conv2dParams extends Module {
   /** [out] */
   readonly bias: Tensor;
 
+  /** A `kernel`×`kernel` convolution's parameters, PyTorch's default initialisation. */
   constructor(inChans: number, outChans: number, kernel: number, g?: Generator) {
     super();
     const fanIn = inChans * kernel * kernel;
@@ -275,6 +287,7 @@ export class Mlp extends Layer {
   /** dropout after each projection */
   readonly drop: Dropout;
 
+  /** fc1: in → hidden, fc2: hidden → out. */
   constructor(
     inFeatures: number,
     hiddenFeatures: number,
@@ -287,6 +300,7 @@ export class Mlp extends Layer {
     this.drop = this.registerModule("drop", new Dropout(opts.drop ?? 0));
   }
 
+  /** x [..., in] → [..., out]. */
   forward(x: Tensor): Tensor {
     return scope(() => {
       const h = this.drop.forward(this.fc1.forward(x).gelu());

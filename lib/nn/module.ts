@@ -16,6 +16,7 @@ export class StateDictError extends Error {
   /** keys present on both sides with different shapes: `key: [file] vs [model]` */
   readonly mismatched: string[];
 
+  /** An error with its message and the offending keys. */
   constructor(message: string, missing: string[], unexpected: string[], mismatched: string[]) {
     super(message);
     this.name = "StateDictError";

@@ -25,6 +25,7 @@ import { Dropout, LayerNorm, PatchEmbed, truncNormalInit } from "./layers.ts";
 import {
   attentionMask,
   Block,
+  checkHeads,
   checkMaskMode,
   DEFAULT_MASK_MODE,
   isSplitMode,
@@ -134,6 +135,7 @@ export class VisionTransformer extends Module {
   /** trained grid side (imgSize / patchSize) */
   readonly gridSize: number;
 
+  /** A ViT of the given configuration, initialised as the official code. */
   constructor(cfg: ViTConfig) {
     super();
     const c = {
@@ -153,6 +155,10 @@ export class VisionTransformer extends Module {
     this.config = c;
     const g = cfg.generator;
     const D = c.embedDim;
+    checkHeads(D, c.numHeads, "VisionTransformer");
+    if (!Number.isInteger(c.depth) || c.depth < 1) {
+      throw new TorchError("VisionTransformer", `depth must be a positive integer, got ${c.depth}`);
+    }
     if (!Number.isInteger(c.imgSize / c.patchSize)) {
       throw new TorchError(
         "VisionTransformer",
@@ -216,6 +222,12 @@ export class VisionTransformer extends Module {
    */
   interpolatePosEncoding(h: number, w: number): Tensor {
     const p = this.config.patchSize;
+    if (!Number.isInteger(h / p) || !Number.isInteger(w / p) || h < p || w < p) {
+      throw new TorchError(
+        "interpolatePosEncoding",
+        `image size ${h}×${w} is not a positive multiple of the patch size ${p}`,
+      );
+    }
     const [hp, wp] = [h / p, w / p];
     const G = this.gridSize;
     if (hp * wp === G * G && h === w) return this.patchPosEmbed.alias();
@@ -252,7 +264,11 @@ export class VisionTransformer extends Module {
         G,
         G,
       ]);
-      const sampled = gridSample(grid, points.reshape([B, 1, K, 2]), {
+      // grid_sample wants the grid's dtype and device: accept e.g. float64 points
+      const pts = points.dtype === grid.dtype && points.device === grid.device
+        ? points
+        : points.to({ dtype: grid.dtype, device: grid.device });
+      const sampled = gridSample(grid, pts.reshape([B, 1, K, 2]), {
         mode: "bicubic",
         alignCorners: false,
       });
@@ -334,7 +350,7 @@ export class VisionTransformer extends Module {
         const out = this.norm.forward(seq);
         return {
           cls: out.select(1, 0),
-          ref: K === 0 ? null : out.narrow(1, 1 + N, K),
+          ref: t.ref === null ? null : out.narrow(1, 1 + N, K),
           patch: out.narrow(1, 1, N),
         };
       }
