@@ -1,0 +1,670 @@
+/**
+ * Feature extraction with a (DenseDINO / DINO) ViT: class, patch and reference-token features
+ * of a batch of images, written as safetensors.
+ *
+ * ```sh
+ * deno run -A scripts/extract_features.ts --arch vit_small --patch-size 16 \
+ *   --weights runs/x/teacher_backbone.safetensors --images photos/ --out feats.safetensors
+ * deno run -A scripts/extract_features.ts --arch vit_small \
+ *   --weights runs/x/checkpoint.safetensors --key-prefix teacher.backbone. \
+ *   --input views.safetensors --out feats.safetensors
+ * ```
+ *
+ * Progress goes to stderr; the last line on stdout is JSON:
+ * `{"out": path, "cls": [B, D], "patch": [B, N, D], "ref": [B, K, D] | null, "images": B,
+ * "skipped": n, "seconds": t}`. Exit code 2 on bad flags or input, 1 on other failures.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { dirname } from "node:path";
+import {
+  ARCHS,
+  cat,
+  checkMaskMode,
+  createViT,
+  cuda,
+  DEFAULT_MASK_MODE,
+  type Device,
+  freeAll,
+  ImageError,
+  imagenetNormalize,
+  loadImage,
+  loadModule,
+  loadSafetensors,
+  manualSeed,
+  MASK_MODES,
+  type MaskMode,
+  noGrad,
+  resizeImage,
+  saveSafetensors,
+  scope,
+  stack,
+  StateDictError,
+  type Tensor,
+  TorchError,
+  type VisionTransformer,
+} from "../mod.ts";
+
+const NAME = "extract_features";
+
+/** Bad flags or input: reported with exit code 2. */
+class UsageError extends Error {}
+
+interface Flag {
+  type: "string" | "boolean";
+  arg?: string;
+  default?: string;
+  help: string;
+  shown?: string;
+}
+
+const FLAGS: Record<string, Flag> = {
+  "arch": {
+    arg: "NAME",
+    type: "string",
+    default: "vit_small",
+    help: `architecture: ${Object.keys(ARCHS).join(", ")}`,
+  },
+  "patch-size": { arg: "N", type: "string", default: "16", help: "patch side in pixels" },
+  "img-size": {
+    arg: "N",
+    type: "string",
+    default: "224",
+    help: "the model's trained image side: sets the positional grid (img-size / patch-size)²",
+  },
+  "weights": {
+    arg: "FILE",
+    type: "string",
+    help: "weights FILE.safetensors: bare ViT keys (e.g. teacher_backbone.safetensors), or a " +
+      "training checkpoint with --key-prefix teacher.backbone.; without it the model is " +
+      "randomly initialised (a baseline) from --seed",
+    shown: "none (random init)",
+  },
+  "key-prefix": {
+    arg: "PREFIX",
+    type: "string",
+    default: "",
+    help: 'use only the weights keys with this prefix (e.g. "teacher.backbone.")',
+    shown: '""',
+  },
+  "input": {
+    arg: "FILE",
+    type: "string",
+    help: "X.safetensors with `images` [B,3,H,W] (floating, already normalised; H, W multiples " +
+      "of --patch-size) and optional `ref_points` [B,K,2] ((x, y) in [-1, 1], grid_sample " +
+      "convention). Exactly one of --input / --images",
+    shown: "none",
+  },
+  "images": {
+    arg: "DIR",
+    type: "string",
+    help: "DIR: every .jpg/.jpeg/.png in it (not recursive), sorted by name, resized (shorter " +
+      "side to --resize, bicubic, antialiased), centre-cropped to --size and normalised with " +
+      "ImageNet mean/std. Unreadable images are skipped with a warning",
+    shown: "none",
+  },
+  "size": {
+    arg: "N",
+    type: "string",
+    default: "224",
+    help: "with --images: crop side (a multiple of --patch-size)",
+  },
+  "resize": {
+    arg: "N",
+    type: "string",
+    help: "with --images: shorter side before the centre crop (e.g. 256 with --size 224)",
+    shown: "--size",
+  },
+  "mask-mode": {
+    arg: "MODE",
+    type: "string",
+    default: DEFAULT_MASK_MODE,
+    help: `attention mask for reference tokens: ${MASK_MODES.join(", ")}`,
+  },
+  "learnable-ref-token": {
+    type: "boolean",
+    help: "the model has a learnable reference content token (ref_learn_token)",
+    shown: "false",
+  },
+  "batch-size": { arg: "N", type: "string", default: "32", help: "images per forward pass" },
+  "device": { arg: "DEVICE", type: "string", default: "cpu", help: "cpu, cuda or cuda:N" },
+  "seed": {
+    arg: "N",
+    type: "string",
+    default: "0",
+    help: "seed of the random initialisation when no --weights are given",
+  },
+  "out": {
+    arg: "FILE",
+    type: "string",
+    help: "Y.safetensors to write (atomically): cls [B,D], patch [B,N,D], and ref [B,K,D] " +
+      "when points were given; metadata holds the settings and, with --images, `names` " +
+      "(a JSON array of the file names in row order)",
+    shown: "required",
+  },
+  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
+};
+
+function helpText(): string {
+  const lines = [
+    `Usage: deno run -A scripts/${NAME}.ts (--input X.safetensors | --images DIR) ` +
+    `--out Y.safetensors [flags]`,
+    "",
+    "Class, patch and reference-token features of a ViT, in eval mode without gradients.",
+    "Progress on stderr; the last stdout line is JSON with the output shapes.",
+    "",
+    "Flags:",
+  ];
+  for (const [name, f] of Object.entries(FLAGS)) {
+    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
+    const def = f.shown ?? (f.default === "" ? '""' : f.default);
+    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${def})`);
+  }
+  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
+  return lines.join("\n");
+}
+
+function posInt(flag: string, value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+    throw new UsageError(`--${flag} must be a positive integer, got "${value}"`);
+  }
+  return Number(value);
+}
+
+function integer(flag: string, value: string): number {
+  if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
+    throw new UsageError(`--${flag} must be an integer, got "${value}"`);
+  }
+  return Number(value);
+}
+
+function log(msg: string): void {
+  console.error(`${NAME}: ${msg}`);
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+interface Config {
+  arch: string;
+  patchSize: number;
+  imgSize: number;
+  weights: string | null;
+  keyPrefix: string;
+  input: string | null;
+  images: string | null;
+  size: number;
+  resize: number;
+  maskMode: MaskMode;
+  learnableRefToken: boolean;
+  batchSize: number;
+  device: Device;
+  seed: number;
+  out: string;
+}
+
+function parseFlags(args: string[]): Config | null {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    const options = Object.fromEntries(
+      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
+    ) as Record<string, { type: "string" | "boolean" }>;
+    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (values.help) return null;
+  const str = (k: string): string | null => {
+    const v = values[k];
+    return typeof v === "string" ? v : null;
+  };
+  const get = (k: string): string => str(k) ?? FLAGS[k].default!;
+
+  const arch = get("arch");
+  if (!ARCHS[arch]) {
+    throw new UsageError(
+      `--arch: unknown architecture "${arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`,
+    );
+  }
+  const patchSize = posInt("patch-size", get("patch-size"));
+  const imgSize = posInt("img-size", get("img-size"));
+  if (imgSize % patchSize !== 0) {
+    throw new UsageError(`--img-size ${imgSize} is not a multiple of --patch-size ${patchSize}`);
+  }
+  let maskMode: MaskMode;
+  try {
+    maskMode = checkMaskMode(get("mask-mode"), "--mask-mode");
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const input = str("input");
+  const images = str("images");
+  if (input !== null && images !== null) {
+    throw new UsageError("give either --input or --images, not both");
+  }
+  if (input === null && images === null) {
+    throw new UsageError("give one of --input X.safetensors or --images DIR");
+  }
+  if (input === "" || images === "") {
+    throw new UsageError(`--${input === "" ? "input" : "images"} needs a path`);
+  }
+  const out = str("out");
+  if (out === null || out === "") {
+    throw new UsageError("--out Y.safetensors is required");
+  }
+  const size = posInt("size", get("size"));
+  const resize = str("resize") === null ? size : posInt("resize", str("resize")!);
+  if (images !== null) {
+    if (size % patchSize !== 0) {
+      throw new UsageError(`--size ${size} is not a multiple of --patch-size ${patchSize}`);
+    }
+    if (resize < size) {
+      throw new UsageError(`--resize ${resize} is smaller than the crop --size ${size}`);
+    }
+  }
+  const device = get("device");
+  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
+    throw new UsageError(`--device must be cpu, cuda or cuda:N, got "${device}"`);
+  }
+  const weights = str("weights");
+  if (weights === "") throw new UsageError("--weights needs a path");
+  if (weights === null && str("key-prefix")) {
+    throw new UsageError("--key-prefix selects keys of --weights, which is not given");
+  }
+  if (input !== null && (str("size") !== null || str("resize") !== null)) {
+    log("warning: --size and --resize apply to --images only; ignored with --input");
+  }
+  return {
+    arch,
+    patchSize,
+    imgSize,
+    weights,
+    keyPrefix: get("key-prefix"),
+    input,
+    images,
+    size,
+    resize,
+    maskMode,
+    learnableRefToken: values["learnable-ref-token"] === true,
+    batchSize: posInt("batch-size", get("batch-size")),
+    device: device as Device,
+    seed: integer("seed", get("seed")),
+    out,
+  };
+}
+
+async function checkPaths(cfg: Config): Promise<void> {
+  if (cfg.weights !== null) {
+    const st = await statOrNull(cfg.weights);
+    if (st === null) throw new UsageError(`--weights: ${cfg.weights}: file not found`);
+    if (!st.isFile) throw new UsageError(`--weights: ${cfg.weights} is not a file`);
+  }
+  if (cfg.input !== null) {
+    const st = await statOrNull(cfg.input);
+    if (st === null) throw new UsageError(`--input: ${cfg.input}: file not found`);
+    if (!st.isFile) throw new UsageError(`--input: ${cfg.input} is not a file`);
+  }
+  if (cfg.images !== null) {
+    const st = await statOrNull(cfg.images);
+    if (st === null) throw new UsageError(`--images: ${cfg.images}: directory not found`);
+    if (!st.isDirectory) throw new UsageError(`--images: ${cfg.images} is not a directory`);
+  }
+  const outSt = await statOrNull(cfg.out);
+  if (outSt?.isDirectory) throw new UsageError(`--out: ${cfg.out} is a directory`);
+  const dir = dirname(cfg.out);
+  const dirSt = await statOrNull(dir);
+  if (dirSt === null || !dirSt.isDirectory) {
+    throw new UsageError(`--out: directory ${dir} does not exist`);
+  }
+  if (cfg.device !== "cpu" && !cuda.isAvailable()) {
+    throw new UsageError(`--device ${cfg.device}: CUDA is not available in this libtorch`);
+  }
+}
+
+async function buildModel(cfg: Config): Promise<VisionTransformer> {
+  if (cfg.weights === null) {
+    manualSeed(cfg.seed);
+    log(`no --weights: random initialisation (seed ${cfg.seed})`);
+  }
+  const model = createViT(cfg.arch, {
+    patchSize: cfg.patchSize,
+    imgSize: cfg.imgSize,
+    learnableRefToken: cfg.learnableRefToken,
+  });
+  if (cfg.weights !== null) {
+    try {
+      await loadModule(cfg.weights, model, { keyPrefix: cfg.keyPrefix });
+    } catch (e) {
+      model.free();
+      if (e instanceof StateDictError || e instanceof TorchError) {
+        throw new UsageError(`--weights: ${e.message}${prefixHint(e)}`);
+      }
+      throw e;
+    }
+    log(`loaded ${cfg.weights}${cfg.keyPrefix ? ` (keys under "${cfg.keyPrefix}")` : ""}`);
+  }
+  if (cfg.device !== "cpu") model.to(cfg.device);
+  return model.eval();
+}
+
+/** A hint naming --key-prefix values when the file holds a ViT under some prefix. */
+function prefixHint(e: Error): string {
+  if (!(e instanceof StateDictError)) return "";
+  const marker = "patch_embed.proj.weight";
+  const prefixes = e.unexpected.filter((k) => k.endsWith(marker) && k !== marker)
+    .map((k) => k.slice(0, -marker.length));
+  if (prefixes.length === 0) return "";
+  return `\nhint: the file holds ViT weights under ${
+    prefixes.map((p) => `"${p}"`).join(", ")
+  }: pick one with --key-prefix (e.g. --key-prefix ${prefixes[0]})`;
+}
+
+const FLOATING = ["float32", "float64", "float16", "bfloat16"];
+
+/** Loads and validates --input: images [B,3,H,W] and optional ref_points [B,K,2], as float32. */
+async function readInput(
+  cfg: Config,
+): Promise<{ images: Tensor; points: Tensor | null }> {
+  const path = cfg.input!;
+  let tensors: Record<string, Tensor>;
+  try {
+    ({ tensors } = await loadSafetensors(path));
+  } catch (e) {
+    throw new UsageError(`--input: ${(e as Error).message}`);
+  }
+  try {
+    const names = Object.keys(tensors);
+    const images = tensors["images"];
+    if (!images) {
+      throw new UsageError(
+        `--input: ${path} has no tensor "images" (it has ${
+          names.length
+            ? names.slice(0, 6).map((n) => `"${n}"`).join(", ") +
+              (names.length > 6 ? `, … ${names.length} in all` : "")
+            : "none"
+        })`,
+      );
+    }
+    const s = images.shape;
+    if (s.length !== 4 || s[1] !== 3 || s[0] < 1) {
+      throw new UsageError(
+        `--input: "images" must be [B, 3, H, W] with B ≥ 1, got [${s.join(", ")}]`,
+      );
+    }
+    if (!FLOATING.includes(images.dtype)) {
+      throw new UsageError(
+        `--input: "images" must be floating point (float32), got ${images.dtype}`,
+      );
+    }
+    const p = cfg.patchSize;
+    if (s[2] % p !== 0 || s[3] % p !== 0) {
+      throw new UsageError(
+        `--input: images are ${s[2]}×${s[3]}, not multiples of --patch-size ${p}`,
+      );
+    }
+    const pts = tensors["ref_points"] ?? null;
+    if (pts) {
+      const ps = pts.shape;
+      if (ps.length !== 3 || ps[2] !== 2 || ps[0] !== s[0]) {
+        throw new UsageError(
+          `--input: "ref_points" must be [B, K, 2] with B = ${s[0]} (as "images"), got [${
+            ps.join(", ")
+          }]`,
+        );
+      }
+      if (!FLOATING.includes(pts.dtype)) {
+        throw new UsageError(
+          `--input: "ref_points" must be floating point (float32), got ${pts.dtype}`,
+        );
+      }
+      if (pts.numel > 0) {
+        const m = scope(() => pts.abs().amax().item());
+        if (!(m <= 1)) {
+          throw new UsageError(
+            `--input: "ref_points" must lie in [-1, 1] (grid_sample convention, x first); ` +
+              `found |coordinate| = ${m}`,
+          );
+        }
+      }
+    }
+    const nonFinite = scope(() => images.isfinite().logicalNot().any().item());
+    if (nonFinite) throw new UsageError(`--input: "images" holds NaN or infinite values`);
+    for (const n of names) {
+      if (n !== "images" && n !== "ref_points") log(`warning: ignoring tensor "${n}" of ${path}`);
+    }
+    return scope(() => ({
+      images: images.to({ dtype: "float32", device: cfg.device }),
+      points: pts ? pts.to({ dtype: "float32", device: cfg.device }) : null,
+    }));
+  } finally {
+    freeAll(tensors);
+  }
+}
+
+async function listImages(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (!/\.(jpe?g|png)$/i.test(e.name)) continue;
+    if (e.isFile) names.push(e.name);
+    else if (e.isSymlink && (await statOrNull(`${dir}/${e.name}`))?.isFile) names.push(e.name);
+  }
+  return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+interface Batch {
+  x: Tensor;
+  points: Tensor | null;
+  names: string[];
+}
+
+class Progress {
+  #start = performance.now();
+  #last = 0;
+  constructor(readonly total: number) {}
+  update(done: number, force = false): void {
+    const now = performance.now();
+    if (!force && now - this.#last < 1000) return;
+    this.#last = now;
+    const secs = (now - this.#start) / 1000;
+    const rate = secs > 0 ? done / secs : 0;
+    log(`${done}/${this.total} images, ${rate.toFixed(1)} images/s`);
+  }
+}
+
+async function* inputBatches(
+  cfg: Config,
+  images: Tensor,
+  points: Tensor | null,
+): AsyncGenerator<Batch> {
+  const B = images.size(0);
+  for (let i = 0; i < B; i += cfg.batchSize) {
+    const n = Math.min(cfg.batchSize, B - i);
+    yield {
+      x: images.narrow(0, i, n),
+      points: points ? points.narrow(0, i, n) : null,
+      names: [],
+    };
+  }
+}
+
+async function* imageBatches(
+  cfg: Config,
+  files: string[],
+  skipped: string[],
+): AsyncGenerator<Batch> {
+  for (let i = 0; i < files.length; i += cfg.batchSize) {
+    const xs: Tensor[] = [];
+    const names: string[] = [];
+    try {
+      for (const name of files.slice(i, i + cfg.batchSize)) {
+        let raw: Tensor;
+        try {
+          raw = await loadImage(`${cfg.images}/${name}`);
+        } catch (e) {
+          if (!(e instanceof ImageError)) throw e;
+          log(`warning: skipping ${e.message}`);
+          skipped.push(name);
+          continue;
+        }
+        try {
+          xs.push(scope(() => imagenetNormalize(resizeImage(raw, cfg.resize, cfg.size))));
+        } finally {
+          raw.free();
+        }
+        names.push(name);
+      }
+      if (xs.length === 0) continue;
+      const x = scope(() => stack(xs, 0).to(cfg.device));
+      yield { x, points: null, names };
+    } finally {
+      freeAll(xs);
+    }
+  }
+}
+
+async function main(args: string[]): Promise<number> {
+  const cfg = parseFlags(args);
+  if (cfg === null) {
+    console.log(helpText());
+    return 0;
+  }
+  await checkPaths(cfg);
+
+  // inputs are validated before the (possibly slow) model load
+  let input: { images: Tensor; points: Tensor | null } | null = null;
+  let files: string[] = [];
+  if (cfg.input !== null) {
+    input = await readInput(cfg);
+  } else {
+    files = await listImages(cfg.images!);
+    if (files.length === 0) {
+      throw new UsageError(`--images: no .jpg, .jpeg or .png files in ${cfg.images}`);
+    }
+  }
+
+  let model: VisionTransformer | null = null;
+  const outputs: { cls: Tensor[]; patch: Tensor[]; ref: Tensor[] } = {
+    cls: [],
+    patch: [],
+    ref: [],
+  };
+  try {
+    model = await buildModel(cfg);
+    const total = input ? input.images.size(0) : files.length;
+    const skipped: string[] = [];
+    const names: string[] = [];
+    const source = input
+      ? inputBatches(cfg, input.images, input.points)
+      : imageBatches(cfg, files, skipped);
+    log(
+      `${total} images, ${cfg.arch}/${cfg.patchSize}, mask ${cfg.maskMode}, batch ${cfg.batchSize}` +
+        `, ${cfg.device}`,
+    );
+    const t0 = performance.now();
+    const progress = new Progress(total);
+    let done = 0;
+    for await (const batch of source) {
+      const m = model;
+      try {
+        const o = noGrad(() =>
+          scope(() => {
+            const f = m.forward(batch.x, {
+              points: batch.points ?? undefined,
+              maskMode: cfg.maskMode,
+            });
+            // compact CPU copies, so that the batch's activations can be freed
+            return {
+              cls: f.cls.to("cpu").contiguous(),
+              patch: f.patch.to("cpu").contiguous(),
+              ref: f.ref ? f.ref.to("cpu").contiguous() : null,
+            };
+          })
+        );
+        outputs.cls.push(o.cls);
+        outputs.patch.push(o.patch);
+        if (o.ref) outputs.ref.push(o.ref);
+      } finally {
+        batch.x.free();
+        batch.points?.free();
+      }
+      names.push(...batch.names);
+      done += outputs.cls[outputs.cls.length - 1].size(0);
+      progress.update(done + skipped.length);
+    }
+    progress.update(done + skipped.length, true);
+    if (done === 0) {
+      throw new UsageError(
+        `--images: none of the ${files.length} images in ${cfg.images} could be read`,
+      );
+    }
+
+    const result = scope(() => ({
+      cls: cat(outputs.cls, 0),
+      patch: cat(outputs.patch, 0),
+      ref: outputs.ref.length ? cat(outputs.ref, 0) : null,
+    }));
+    try {
+      const metadata: Record<string, string> = {
+        format: "densedino-features",
+        arch: cfg.arch,
+        patch_size: String(cfg.patchSize),
+        img_size: String(cfg.imgSize),
+        mask_mode: cfg.maskMode,
+        learnable_ref_token: String(cfg.learnableRefToken),
+        weights: cfg.weights ?? "",
+        key_prefix: cfg.keyPrefix,
+      };
+      if (cfg.input !== null) metadata.input = cfg.input;
+      else {
+        metadata.images = cfg.images!;
+        metadata.size = String(cfg.size);
+        metadata.resize = String(cfg.resize);
+        metadata.names = JSON.stringify(names);
+      }
+      const tensors: Record<string, Tensor> = { cls: result.cls, patch: result.patch };
+      if (result.ref) tensors.ref = result.ref;
+      await saveSafetensors(cfg.out, tensors, metadata);
+      const seconds = (performance.now() - t0) / 1000;
+      log(`wrote ${cfg.out} in ${seconds.toFixed(2)} s (${(done / seconds).toFixed(1)} images/s)`);
+      console.log(JSON.stringify({
+        out: cfg.out,
+        cls: result.cls.shape,
+        patch: result.patch.shape,
+        ref: result.ref ? result.ref.shape : null,
+        images: done,
+        skipped: skipped.length,
+        seconds: Number(seconds.toFixed(3)),
+      }));
+    } finally {
+      freeAll(result);
+    }
+    return 0;
+  } finally {
+    freeAll(outputs);
+    if (input) freeAll(input);
+    model?.free();
+  }
+}
+
+if (import.meta.main) {
+  let code: number;
+  try {
+    code = await main(Deno.args);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`${NAME}: error: ${e.message}\nRun with --help to list the flags.`);
+      code = 2;
+    } else {
+      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
+      code = 1;
+    }
+  }
+  Deno.exit(code);
+}
