@@ -193,10 +193,15 @@ export class Attention extends Module {
   forward(
     x: Tensor,
     mask: Tensor | null = null,
-    opts: { returnAttention?: boolean } = {},
+    opts: { returnAttention?: boolean; queries?: number } = {},
   ): AttentionOutput {
     return scope(() => {
-      const [q, k, v] = this.qkvHeads(x);
+      let [q, k, v] = this.qkvHeads(x);
+      // only the first `queries` tokens' outputs (the others' would be computed and dropped)
+      if (opts.queries !== undefined && opts.queries < x.size(1)) {
+        q = q.narrow(2, 0, opts.queries);
+        if (mask) mask = mask.narrow(0, 0, opts.queries);
+      }
       if (!opts.returnAttention && this.attnDrop.p === 0 && hasScaledDotProductAttention()) {
         const o = scaledDotProductAttention(q, k, v, {
           mask: mask ?? undefined,
@@ -219,14 +224,22 @@ export class Attention extends Module {
    * to the keys `mode` allows (see the module table) — exactly the explicit computation under
    * the `all2pos*` masks, without the (M+R)² masked score matrix.
    */
-  forwardRefTail(x: Tensor, numMain: number, numCls: number, mode: MaskMode): Tensor {
+  forwardRefTail(
+    x: Tensor,
+    numMain: number,
+    numCls: number,
+    mode: MaskMode,
+    mainQueries = numMain,
+  ): Tensor {
     if (!isSplitMode(mode)) {
       throw new TorchError("Attention", `mask mode "${mode}" has no split path`);
     }
     return scope(() => {
       const [q, k, v] = this.qkvHeads(x);
       const R = x.size(1) - numMain;
-      const [qm, km, vm] = [q, k, v].map((t) => t.narrow(2, 0, numMain));
+      const [km, vm] = [k, v].map((t) => t.narrow(2, 0, numMain));
+      // only the first `mainQueries` class/patch outputs are produced (e.g. the class token)
+      const qm = q.narrow(2, 0, mainQueries);
       let mainOut: Tensor;
       if (this.attnDrop.p === 0 && hasScaledDotProductAttention()) {
         mainOut = scaledDotProductAttention(qm, km, vm, { scale: this.scale });
@@ -320,11 +333,16 @@ export class Block extends Module {
     );
   }
 
-  /** The block over all tokens with an optional additive mask (the explicit path). */
-  forward(x: Tensor, mask: Tensor | null = null): Tensor {
+  /**
+   * The block over all tokens with an optional additive mask (the explicit path). With
+   * `queries`, only the first `queries` tokens' outputs are computed and returned (every token
+   * still serves as a key and value): the last block of a forward that needs no patch outputs.
+   */
+  forward(x: Tensor, mask: Tensor | null = null, queries?: number): Tensor {
     return scope(() => {
-      const y = this.attn.forward(this.norm1.forward(x), mask).out;
-      const x1 = x.add(this.dropPath.forward(y));
+      const y = this.attn.forward(this.norm1.forward(x), mask, { queries }).out;
+      const rows = queries !== undefined && queries < x.size(1) ? x.narrow(1, 0, queries) : x;
+      const x1 = rows.add(this.dropPath.forward(y));
       return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
     });
   }
@@ -340,10 +358,21 @@ export class Block extends Module {
    * The block on tokens [class/patch tokens (numMain), then reference tokens] under an
    * `all2pos*` mode, through the split attention ({@link Attention.forwardRefTail}).
    */
-  forwardRefTail(x: Tensor, numMain: number, numCls: number, mode: MaskMode): Tensor {
+  forwardRefTail(
+    x: Tensor,
+    numMain: number,
+    numCls: number,
+    mode: MaskMode,
+    mainQueries = numMain,
+  ): Tensor {
     return scope(() => {
-      const y = this.attn.forwardRefTail(this.norm1.forward(x), numMain, numCls, mode);
-      const x1 = x.add(this.dropPath.forward(y));
+      const y = this.attn.forwardRefTail(this.norm1.forward(x), numMain, numCls, mode, mainQueries);
+      const R = x.size(1) - numMain;
+      // with mainQueries < numMain only those class/patch rows (and every reference row) go on
+      const rows = mainQueries < numMain
+        ? cat([x.narrow(1, 0, mainQueries), x.narrow(1, numMain, R)], 1)
+        : x;
+      const x1 = rows.add(this.dropPath.forward(y));
       return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
     });
   }

@@ -41,6 +41,7 @@ export {
   VisionTransformer,
   type ViTConfig,
   type ViTOutput,
+  type ViTTrainOutput,
 } from "./vit.ts";
 export { DINOHead, type DINOHeadOptions, WeightNormLinear } from "./head.ts";
 export {

@@ -14,6 +14,7 @@ import {
   cat,
   type Generator,
   gridSample,
+  hasScaledDotProductAttention,
   interpolate,
   scope,
   type Tensor,
@@ -96,10 +97,29 @@ export interface ForwardOptions {
   /** attention mask mode for the reference tokens (default `all2pos_pos2cls_eye`) */
   maskMode?: MaskMode;
   /**
-   * Use the split computation under the `all2pos*` modes (default true). It is exact; false
-   * forces the explicit full-mask computation of the official code (for tests and benchmarks).
+   * Use the split computation under the `all2pos*` modes: plain attention over class + patch
+   * tokens and a small attention for the reference queries. Both paths are exact. Default:
+   * true when libtorch has fused attention (≥ 2.0, where the split path lets the class/patch
+   * attention run mask-free in the fused kernel); false on libtorch 1.13, where the explicit
+   * full-mask computation of the official code measured as fast or faster on CPU.
    */
   fastPath?: boolean;
+  /**
+   * Compute the patch-token outputs (default true). Training needs only the class and
+   * reference outputs: false skips the last block's attention, projection and MLP for the
+   * patch rows (exact for the returned outputs) and returns `patch: null`.
+   */
+  patchTokens?: boolean;
+}
+
+/** Outputs of a forward pass with `patchTokens: false`. */
+export interface ViTTrainOutput {
+  /** class token [B, D] */
+  cls: Tensor;
+  /** reference tokens [B, K, D] (null without points) */
+  ref: Tensor | null;
+  /** not computed */
+  patch: null;
 }
 
 /** Outputs of {@link VisionTransformer.forward}, after the final LayerNorm. */
@@ -328,7 +348,9 @@ export class VisionTransformer extends Module {
    * The forward pass: class token, reference tokens (when `points` are given) and patch tokens,
    * after the final LayerNorm.
    */
-  forward(x: Tensor, opts: ForwardOptions = {}): ViTOutput {
+  forward(x: Tensor, opts: ForwardOptions & { patchTokens: false }): ViTTrainOutput;
+  forward(x: Tensor, opts?: ForwardOptions): ViTOutput;
+  forward(x: Tensor, opts: ForwardOptions = {}): ViTOutput | ViTTrainOutput {
     const mode = checkMaskMode(opts.maskMode ?? DEFAULT_MASK_MODE, "maskMode");
     if (x.ndim !== 4) {
       throw new TorchError(
@@ -337,29 +359,42 @@ export class VisionTransformer extends Module {
       );
     }
     if (opts.points) this.#checkPoints(x, opts.points);
+    const wantPatch = opts.patchTokens !== false;
+    const last = this.blocks.length - 1;
     return scope(() => {
       const t = this.#tokens(x, opts.points);
       const N = t.patch.size(1);
-      if (t.ref === null || (isSplitMode(mode) && opts.fastPath !== false)) {
+      const K = t.ref?.size(1) ?? 0;
+      const split = opts.fastPath ?? hasScaledDotProductAttention();
+      if (t.ref === null || (isSplitMode(mode) && split)) {
         // split path: tokens laid out [cls, patches, refs]; see Block.forwardRefTail
-        const K = t.ref?.size(1) ?? 0;
         let seq = this.posDrop.forward(cat(t.ref ? [t.cls, t.patch, t.ref] : [t.cls, t.patch], 1));
-        for (const b of this.blocks) {
-          seq = K === 0 ? b.forward(seq) : b.forwardRefTail(seq, 1 + N, 1, mode);
-        }
+        this.blocks.forEach((b, i) => {
+          const mainRows = !wantPatch && i === last ? 1 : 1 + N; // the last block may skip patches
+          seq = t.ref === null
+            ? b.forward(seq, null, mainRows)
+            : b.forwardRefTail(seq, 1 + N, 1, mode, mainRows);
+        });
         const out = this.norm.forward(seq);
+        const M = wantPatch ? 1 + N : 1;
         return {
           cls: out.select(1, 0),
-          ref: t.ref === null ? null : out.narrow(1, 1 + N, K),
-          patch: out.narrow(1, 1, N),
+          ref: t.ref === null ? null : out.narrow(1, M, K),
+          patch: wantPatch ? out.narrow(1, 1, N) : null,
         };
       }
-      const K = t.ref.size(1);
+      // explicit path (the official computation): tokens [cls, refs, patches] and a full mask
       let seq = this.posDrop.forward(cat([t.cls, t.ref, t.patch], 1));
       const mask = attentionMask(1 + K + N, 1, K, mode, x.device);
-      for (const b of this.blocks) seq = b.forward(seq, mask);
+      this.blocks.forEach((b, i) => {
+        seq = b.forward(seq, mask, !wantPatch && i === last ? 1 + K : undefined);
+      });
       const out = this.norm.forward(seq);
-      return { cls: out.select(1, 0), ref: out.narrow(1, 1, K), patch: out.narrow(1, 1 + K, N) };
+      return {
+        cls: out.select(1, 0),
+        ref: out.narrow(1, 1, K),
+        patch: wantPatch ? out.narrow(1, 1 + K, N) : null,
+      };
     });
   }
 

@@ -17,6 +17,7 @@ import {
   DINOHead,
   freeAll,
   Generator,
+  hasScaledDotProductAttention,
   liveTensors,
   loadModule,
   loadSafetensors,
@@ -112,9 +113,14 @@ Deno.test("vit: reference tokens leave cls and patch outputs unchanged under all
         assert.ok(maxDiff(o.patch, base.patch) <= 1e-5, `${what}: patch`);
       }
     }
-    // the default mask is all2pos_pos2cls_eye with the fast path
+    // the default mask is all2pos_pos2cls_eye; the default path is the split one exactly when
+    // libtorch has fused attention
     const d = m.forward(x, { points: p });
-    const e = m.forward(x, { points: p, maskMode: "all2pos_pos2cls_eye", fastPath: true });
+    const e = m.forward(x, {
+      points: p,
+      maskMode: "all2pos_pos2cls_eye",
+      fastPath: hasScaledDotProductAttention(),
+    });
     assert.deepEqual(d.ref!.toBytes(), e.ref!.toBytes());
     // moving the points moves nothing but the reference outputs
     const q = m.forward(x, { points: points(2, 5, 4) });
@@ -252,14 +258,14 @@ Deno.test("vit: fast path equals the explicit mask with drop-path in training mo
         compareRuns(fast, slow, `${mode} + drop-path`);
         // drop-path did act: eval-mode outputs differ for some samples
         m.eval();
-        const ev = m.forward(x, { points: p, maskMode: mode });
+        const ev = m.forward(x, { points: p, maskMode: mode, fastPath: true });
         m.train();
         assert.ok(maxDiff(ev.cls, fast.out.cls) > 1e-3, "drop-path changed nothing");
         // and a different draw gives different outputs (the masks come from the generator)
         g.manualSeed(99);
-        const other = m.forward(x, { points: p, maskMode: mode });
+        const other = m.forward(x, { points: p, maskMode: mode, fastPath: true });
         g.manualSeed(1234);
-        const again = m.forward(x, { points: p, maskMode: mode });
+        const again = m.forward(x, { points: p, maskMode: mode, fastPath: true });
         assert.ok(maxDiff(other.cls, fast.out.cls) > 1e-3, "masks do not follow the generator");
         assert.deepEqual(again.cls.toBytes(), fast.out.cls.toBytes());
       });
@@ -753,4 +759,41 @@ Deno.test("vit: checkpoint save / load, key prefixes, official pos_embed, wrong 
 
 Deno.test("vit tests leave no live tensors", () => {
   assert.equal(liveTensors(), START);
+});
+
+// ---- training forward without patch outputs ---------------------------------------------------
+
+Deno.test("vit: patchTokens false gives the same class and reference outputs and gradients", () => {
+  const m = custom(13, { dropPathRate: 0 }).train();
+  withModel(m, () => {
+    const x = images(3, 21).requiresGrad_(true);
+    const p = points(3, 4, 22);
+    for (const maskMode of [...SPLIT_MODES, ...OTHER_MODES]) {
+      for (const fastPath of [true, false]) {
+        for (const pts of [p, undefined]) {
+          scope(() => {
+            const what = `${maskMode} fastPath=${fastPath} points=${pts !== undefined}`;
+            const full = m.forward(x, { points: pts, maskMode, fastPath });
+            const lean = m.forward(x, { points: pts, maskMode, fastPath, patchTokens: false });
+            assert.equal(lean.patch, null, what);
+            assert.ok(maxDiff(lean.cls, full.cls) <= 1e-5, `${what}: cls`);
+            if (pts) assert.ok(maxDiff(lean.ref!, full.ref!) <= 1e-5, `${what}: ref`);
+            else assert.equal(lean.ref, null);
+            // gradients of a loss on cls + ref agree
+            const grads = (o: { cls: Tensor; ref: Tensor | null }) => {
+              const loss = o.ref
+                ? o.cls.square().sum().add(o.ref.mul(0.5).sum())
+                : o.cls.square().sum();
+              loss.backward();
+              const g = [x.grad!, ...m.parameters().map((t) => t.grad ?? t.mul(0))];
+              for (const t of [x, ...m.parameters()]) t.setGrad(null);
+              return g;
+            };
+            const gf = grads(full), gl = grads(lean);
+            gf.forEach((g, i) => assert.ok(maxDiff(g, gl[i]) <= 1e-4, `${what}: grad ${i}`));
+          });
+        }
+      }
+    }
+  });
 });
