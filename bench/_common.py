@@ -46,3 +46,35 @@ def loaded_libraries():
         if len(parts) >= 6 and _LIB_RE.search(parts[5]):
             out.add(parts[5])
     return sorted(out)
+
+
+def reset_peak_rss():
+    """Resets this process's peak RSS (VmHWM) to its current RSS (Linux: /proc/self/clear_refs
+    "5"). Returns False where that is not possible (the peak then counts from process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib():
+    """This process's peak RSS (VmHWM from /proc/self/status) in MiB, or None (not Linux)."""
+    return _status_mib("VmHWM")
+
+
+def rss_mib():
+    """This process's current RSS (VmRSS from /proc/self/status) in MiB, or None (not Linux)."""
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

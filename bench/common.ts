@@ -72,6 +72,13 @@ export interface BenchReport {
   /** timed samples per variant; the variant named by `primary` is compared against PyTorch */
   samples: Record<string, number[]>;
   primary: string;
+  /**
+   * peak resident set size per variant in MiB (VmHWM, reset before the variant's phase where
+   * the kernel allows; null where it cannot be read), for the benchmarks that measure it
+   */
+  peakRssMiB?: Record<string, number | null>;
+  /** RSS in MiB when each variant's phase started (after setup), where measured */
+  startRssMiB?: Record<string, number | null>;
 }
 
 type BlasSymbols = {
@@ -164,7 +171,6 @@ export function positiveInt(v: string, flag: string): number {
   return n;
 }
 
-/** Prints the report as the single stdout JSON line. */
 /** Parses a comma-separated `--variants` list, rejecting names not in `known`. */
 export function parseVariants<V extends string>(v: string, known: readonly V[]): V[] {
   const out = v.split(",").map((x) => x.trim()) as V[];
@@ -174,6 +180,7 @@ export function parseVariants<V extends string>(v: string, known: readonly V[]):
   return out;
 }
 
+/** Prints the report as the single stdout JSON line. */
 export function emit(report: BenchReport): void {
   console.log(JSON.stringify(report));
 }
@@ -182,4 +189,39 @@ export function emit(report: BenchReport): void {
 export function fmt(x: number, digits = 3): string {
   if (!Number.isFinite(x)) return String(x);
   return x.toFixed(digits);
+}
+
+/**
+ * Resets this process's peak RSS (VmHWM) to its current RSS (Linux: `5` into
+ * /proc/self/clear_refs). Returns false where that is not possible; the peak then counts from
+ * the start of the process.
+ */
+export function resetPeakRss(): boolean {
+  try {
+    Deno.writeTextFileSync("/proc/self/clear_refs", "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** This process's peak RSS (VmHWM from /proc/self/status) in MiB, or null (not Linux). */
+export function peakRssMiB(): number | null {
+  return statusMiB("VmHWM");
+}
+
+/** This process's current RSS (VmRSS from /proc/self/status) in MiB, or null (not Linux). */
+export function rssMiB(): number | null {
+  return statusMiB("VmRSS");
+}
+
+function statusMiB(field: string): number | null {
+  try {
+    const m = Deno.readTextFileSync("/proc/self/status").match(
+      new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m"),
+    );
+    return m ? Number(m[1]) / 1024 : null;
+  } catch {
+    return null;
+  }
 }

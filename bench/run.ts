@@ -3,7 +3,8 @@
  * lower is better) against the targets of the foundation issue:
  *
  * - `op_overhead`: per-op time of add on a 4-element tensor, result freed — ratio ≤ 0.75;
- * - `matmul`: 1024×1024 float32 matmul — ratio ≤ 1.05 (within 5%).
+ * - `matmul`: 1024×1024 float32 matmul — ratio ≤ 1.05 (within 5%);
+ * - `vit_step`: a DenseDINO training step of vit_tiny (and its forward alone) — ratio ≤ 1.0.
  *
  * The Deno and Python processes alternate (ours, PyTorch, ours, PyTorch, …) so both sides see
  * the same machine conditions, and run with the same libtorch intra-op thread count and the
@@ -43,6 +44,13 @@ export interface BenchSpec {
   extras: string[];
   /** informational PyTorch variants */
   pyExtras: string[];
+  /** further comparisons: our variant against a PyTorch variant, targeted when `target` is set */
+  compare?: { densedino: string; pytorch: string; target?: number }[];
+  /**
+   * the processes of one round, each side's given its variants (`--variants`); an empty list
+   * starts no process on that side. Default: one process per side with the script's defaults.
+   */
+  processes?: { densedino: string[]; pytorch: string[] }[];
   /** ratio ours / PyTorch must be at or below this */
   target: number;
   unit: "us" | "ms";
@@ -74,6 +82,36 @@ export const BENCHES: readonly BenchSpec[] = [
     unit: "ms",
     targetText: "≤ 1.05",
   },
+  {
+    name: "vit_step",
+    ts: "bench/vit_step.ts",
+    py: "bench/vit_step.py",
+    primary: { densedino: "step", pytorch: "step" },
+    // ours with the library's default attention path; *_split / *_explicit force one path
+    compare: [
+      { densedino: "forward", pytorch: "forward", target: 1.0 },
+      { densedino: "fwd_bwd", pytorch: "fwd_bwd" },
+      { densedino: "forward_split", pytorch: "forward" },
+      { densedino: "step_split", pytorch: "step" },
+      { densedino: "forward_explicit", pytorch: "forward" },
+      { densedino: "step_explicit", pytorch: "step" },
+    ],
+    // one process per variant, so that each peak RSS is that variant's alone
+    processes: [
+      { densedino: ["forward"], pytorch: ["forward"] },
+      { densedino: ["fwd_bwd"], pytorch: ["fwd_bwd"] },
+      { densedino: ["step"], pytorch: ["step"] },
+      { densedino: ["forward_split"], pytorch: [] },
+      { densedino: ["step_split"], pytorch: [] },
+      { densedino: ["forward_explicit"], pytorch: [] },
+      { densedino: ["step_explicit"], pytorch: [] },
+    ],
+    extras: [],
+    pyExtras: [],
+    target: 1.0,
+    unit: "ms",
+    targetText: "≤ 1.00",
+  },
 ];
 
 const FLAGS = {
@@ -83,6 +121,8 @@ const FLAGS = {
   ops: { type: "string", default: "200000" },
   "matmul-reps": { type: "string", default: "40" },
   size: { type: "string", default: "1024" },
+  "vit-reps": { type: "string", default: "5" },
+  "vit-warmup": { type: "string", default: "2" },
   threads: { type: "string", default: "auto" },
   "blas-threads": { type: "string", default: "inherit" },
   python: { type: "string", default: "/usr/bin/python3" },
@@ -105,6 +145,10 @@ Runs each benchmark and its PyTorch comparator alternately and prints ours / PyT
   --ops N              op_overhead: adds per timed loop (default ${FLAGS.ops.default})
   --matmul-reps N      matmul: timed calls per process, after 5 warm-up calls (default ${MATMUL_REPS})
   --size N             matmul: matrix side (default ${FLAGS.size.default})
+  --vit-reps N         vit_step: timed calls per variant and process (default ${
+  FLAGS["vit-reps"].default
+})
+  --vit-warmup N       vit_step: untimed calls first (default ${FLAGS["vit-warmup"].default})
   --threads N|auto     libtorch intra-op threads on both sides; auto = our library's default,
                        read from the first Deno process and then set on both (default ${FLAGS.threads.default})
   --blas-threads N|inherit
@@ -138,13 +182,23 @@ interface Row {
   /** fastest single sample on each side (informational) */
   oursMin: number;
   pytorchMin: number;
+  /** median over processes of each side's peak RSS in MiB, where measured */
+  oursPeakRssMiB: number | null;
+  pytorchPeakRssMiB: number | null;
   unit: string;
   target: number | null;
   pass: boolean | null;
 }
 
 /** Builds one result row from our pool and PyTorch's pool of the same benchmark. */
-function compare(b: BenchSpec, variant: string, ours: Pool, theirs: Pool, primary: boolean): Row {
+function compare(
+  b: BenchSpec,
+  variant: string,
+  ours: Pool,
+  theirs: Pool,
+  target: number | null,
+  rss: [number[], number[]] = [[], []],
+): Row {
   const o = ours.summary();
   const t = theirs.summary();
   const ratio = o.median / t.median;
@@ -159,10 +213,39 @@ function compare(b: BenchSpec, variant: string, ours: Pool, theirs: Pool, primar
     pairedRatio: median(paired),
     oursMin: o.min,
     pytorchMin: t.min,
+    oursPeakRssMiB: rss[0].length ? median(rss[0]) : null,
+    pytorchPeakRssMiB: rss[1].length ? median(rss[1]) : null,
     unit: b.unit,
-    target: primary ? b.target : null,
-    pass: primary ? ratio <= b.target : null,
+    target,
+    pass: target === null ? null : ratio <= target,
   };
+}
+
+/**
+ * The commit and the uncommitted changes to the code under test (lib/, native/, mod.ts, bench/)
+ * when the run started, for the results file; null outside a git checkout.
+ */
+async function gitState(): Promise<{ head: string; dirty: string[] } | null> {
+  try {
+    const run = async (args: string[]) => {
+      const out = await new Deno.Command("git", {
+        args,
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "null",
+      })
+        .output();
+      if (!out.success) throw new Error(`git ${args[0]} failed`);
+      return new TextDecoder().decode(out.stdout);
+    };
+    const head = (await run(["rev-parse", "HEAD"])).trim();
+    const dirty =
+      (await run(["status", "--porcelain", "--", "lib", "native/src", "mod.ts", "bench"]))
+        .split("\n").filter((l) => l.trim() !== "");
+    return { head, dirty };
+  } catch {
+    return null;
+  }
 }
 
 async function main(): Promise<number> {
@@ -186,6 +269,9 @@ async function main(): Promise<number> {
   const ops = positiveInt(values.ops, "ops");
   const matmulReps = positiveInt(values["matmul-reps"], "matmul-reps");
   const size = positiveInt(values.size, "size");
+  const vitReps = positiveInt(values["vit-reps"], "vit-reps");
+  const vitWarmup = Number(values["vit-warmup"]);
+  if (!Number.isInteger(vitWarmup) || vitWarmup < 0) throw new Error("--vit-warmup must be >= 0");
   let threads = parseThreads(values.threads);
   const blasThreads = values["blas-threads"] === "inherit"
     ? null
@@ -198,6 +284,7 @@ async function main(): Promise<number> {
     return 2;
   }
   const started = new Date();
+  const git = await gitState();
   const loadStart = Deno.loadavg();
   log(
     `comparator: ${python} (torch ${py.torch}); ${navigator.hardwareConcurrency} CPUs; ` +
@@ -212,37 +299,53 @@ async function main(): Promise<number> {
 
   for (const b of benches) {
     const pools = new Pools();
-    const argsFor = (): string[] => {
+    // peak RSS per process, by side/variant
+    const rss = new Map<string, number[]>();
+    const argsFor = (variants: string[] | null): string[] => {
       const t = ["--threads", threads === null ? "auto" : String(threads)];
-      return b.name === "op_overhead"
-        ? ["--ops", String(ops), "--reps", String(reps), ...t]
-        : ["--size", String(size), "--reps", String(matmulReps), ...t];
+      const v = variants === null ? [] : ["--variants", variants.join(",")];
+      if (b.name === "op_overhead") return ["--ops", String(ops), "--reps", String(reps), ...t];
+      if (b.name === "matmul") return ["--size", String(size), "--reps", String(matmulReps), ...t];
+      return ["--reps", String(vitReps), "--warmup", String(vitWarmup), ...t, ...v];
     };
+    const procs = b.processes ?? [{ densedino: null, pytorch: null }];
     for (let r = 0; r < rounds; r++) {
-      for (const side of ["densedino", "pytorch"] as const) {
-        const spec: ChildSpec = {
-          side,
-          script: side === "densedino" ? b.ts : b.py,
-          args: argsFor(),
-          python,
-          blasThreads,
-        };
-        log(`${b.name} round ${r + 1}/${rounds}: ${side}`);
-        if (r === 0) commands.push(commandLine(spec).join(" "));
-        const rep = await runChildRetrying(spec, retries, (err, n) => {
-          warnings.push(`retried after failure ${n}: ${err.message.split("\n")[0]}`);
-          console.error(`[bench] ${err.message}\n[bench] retrying (${n}/${retries})`);
-        });
-        reports.push(rep);
-        pools.addReport(rep);
-        // "auto" resolves to whatever our library chose; from here on both sides get it.
-        if (threads === null && side === "densedino") threads = rep.threads.intraOp;
-        if (threadsSeen === null) threadsSeen = rep.threads;
-        if (rep.threads.intraOp !== threads || rep.threads.blas !== threadsSeen.blas) {
-          warnings.push(
-            `${b.name} ${side}: threads intra-op ${rep.threads.intraOp}, OpenBLAS ` +
-              `${rep.threads.blas}, expected ${threads} / ${threadsSeen.blas}`,
+      for (const proc of procs) {
+        for (const side of ["densedino", "pytorch"] as const) {
+          const variants = proc[side];
+          if (variants !== null && variants.length === 0) continue;
+          const spec: ChildSpec = {
+            side,
+            script: side === "densedino" ? b.ts : b.py,
+            args: argsFor(variants),
+            python,
+            blasThreads,
+          };
+          log(
+            `${b.name} round ${r + 1}/${rounds}: ${side}` +
+              (variants === null ? "" : ` ${variants.join(",")}`),
           );
+          if (r === 0) commands.push(commandLine(spec).join(" "));
+          const rep = await runChildRetrying(spec, retries, (err, n) => {
+            warnings.push(`retried after failure ${n}: ${err.message.split("\n")[0]}`);
+            console.error(`[bench] ${err.message}\n[bench] retrying (${n}/${retries})`);
+          });
+          reports.push(rep);
+          pools.addReport(rep);
+          for (const [v, mib] of Object.entries(rep.peakRssMiB ?? {})) {
+            if (mib === null) continue;
+            const k = `${side}/${v}`;
+            rss.set(k, [...(rss.get(k) ?? []), mib]);
+          }
+          // "auto" resolves to whatever our library chose; from here on both sides get it.
+          if (threads === null && side === "densedino") threads = rep.threads.intraOp;
+          if (threadsSeen === null) threadsSeen = rep.threads;
+          if (rep.threads.intraOp !== threads || rep.threads.blas !== threadsSeen.blas) {
+            warnings.push(
+              `${b.name} ${side}: threads intra-op ${rep.threads.intraOp}, OpenBLAS ` +
+                `${rep.threads.blas}, expected ${threads} / ${threadsSeen.blas}`,
+            );
+          }
         }
       }
     }
@@ -256,12 +359,31 @@ async function main(): Promise<number> {
 
     const ours = (v: string): Pool => pools.get("densedino", v);
     const theirs = (v: string): Pool => pools.get("pytorch", v);
-    rows.push(
-      compare(b, b.primary.densedino, ours(b.primary.densedino), theirs(b.primary.pytorch), true),
-    );
+    const rssOf = (o: string, t: string): [number[], number[]] => [
+      rss.get(`densedino/${o}`) ?? [],
+      rss.get(`pytorch/${t}`) ?? [],
+    ];
+    const { densedino: p0, pytorch: p1 } = b.primary;
+    rows.push(compare(b, p0, ours(p0), theirs(p1), b.target, rssOf(p0, p1)));
+    for (const c of b.compare ?? []) {
+      if (ours(c.densedino).all.length === 0 || theirs(c.pytorch).all.length === 0) continue;
+      const label = c.densedino === c.pytorch
+        ? c.densedino
+        : `${c.densedino} vs ${c.pytorch} (PyTorch)`;
+      rows.push(
+        compare(
+          b,
+          label,
+          ours(c.densedino),
+          theirs(c.pytorch),
+          c.target ?? null,
+          rssOf(c.densedino, c.pytorch),
+        ),
+      );
+    }
     for (const v of b.extras) {
       if (ours(v).all.length > 0) {
-        rows.push(compare(b, v, ours(v), theirs(b.primary.pytorch), false));
+        rows.push(compare(b, v, ours(v), theirs(b.primary.pytorch), null));
       }
     }
     for (const v of b.pyExtras) {
@@ -269,14 +391,26 @@ async function main(): Promise<number> {
       // An informational PyTorch variant is compared with our variant of the same name where
       // there is one (matmul_add), else with our primary.
       const mine = ours(b.extras.includes(v) ? v : b.primary.densedino);
-      rows.push(compare(b, `${v} (PyTorch)`, mine, theirs(v), false));
+      rows.push(compare(b, `${v} (PyTorch)`, mine, theirs(v), null));
     }
   }
 
   const loadEnd = Deno.loadavg();
   const unit = (u: string): string => u === "us" ? "µs" : u;
+  const withRss = rows.some((r) => r.oursPeakRssMiB !== null || r.pytorchPeakRssMiB !== null);
+  const mib = (x: number | null): string => x === null ? "–" : x.toFixed(0);
   const table = formatTable([
-    ["benchmark", "variant", "ours", "PyTorch", "ratio", "paired", "target", "result"],
+    [
+      "benchmark",
+      "variant",
+      "ours",
+      "PyTorch",
+      "ratio",
+      "paired",
+      "target",
+      "result",
+      ...(withRss ? ["peak RSS MiB ours / PyTorch"] : []),
+    ],
     ...rows.map((r) => [
       r.bench,
       r.variant,
@@ -286,6 +420,13 @@ async function main(): Promise<number> {
       fmt(r.pairedRatio),
       r.target === null ? "(info)" : `≤ ${r.target.toFixed(2)}`,
       r.pass === null ? "" : r.pass ? "PASS" : "MISS",
+      ...(withRss
+        ? [
+          r.oursPeakRssMiB === null && r.pytorchPeakRssMiB === null
+            ? ""
+            : `${mib(r.oursPeakRssMiB)} / ${mib(r.pytorchPeakRssMiB)}`,
+        ]
+        : []),
     ]),
   ], 2);
   const th = threadsSeen!;
@@ -307,13 +448,25 @@ async function main(): Promise<number> {
     durationS: (Date.now() - started.getTime()) / 1000,
     command: ["deno", "run", "-A", "bench/run.ts", ...Deno.args].join(" "),
     childCommands: commands,
+    git,
     machine: {
       cpus: navigator.hardwareConcurrency,
       os: `${Deno.build.os} ${Deno.osRelease()}`,
       loadavgStart: loadStart,
       loadavgEnd: loadEnd,
     },
-    settings: { rounds, reps, ops, matmulReps, size, threads, blasThreads, python },
+    settings: {
+      rounds,
+      reps,
+      ops,
+      matmulReps,
+      size,
+      vitReps,
+      vitWarmup,
+      threads,
+      blasThreads,
+      python,
+    },
     threads: th,
     rows,
     warnings,
@@ -325,13 +478,20 @@ async function main(): Promise<number> {
 
   const summary: Record<string, unknown> = {};
   for (const r of primary) {
-    summary[r.bench] = {
+    // the primary row under the benchmark's name, other targeted rows as bench.variant
+    const key = r.variant === BENCHES.find((b) => b.name === r.bench)!.primary.densedino
+      ? r.bench
+      : `${r.bench}.${r.variant}`;
+    summary[key] = {
       ours: r.ours,
       pytorch: r.pytorch,
       unit: r.unit,
       ratio: r.ratio,
       target: r.target,
       pass: r.pass,
+      ...(r.oursPeakRssMiB !== null || r.pytorchPeakRssMiB !== null
+        ? { peakRssMiB: { ours: r.oursPeakRssMiB, pytorch: r.pytorchPeakRssMiB } }
+        : {}),
     };
   }
   console.log(JSON.stringify({
