@@ -340,11 +340,36 @@ export class Block extends Module {
    */
   forward(x: Tensor, mask: Tensor | null = null, queries?: number): Tensor {
     return scope(() => {
-      const y = this.attn.forward(this.norm1.forward(x), mask, { queries }).out;
       const rows = queries !== undefined && queries < x.size(1) ? x.narrow(1, 0, queries) : x;
-      const x1 = rows.add(this.dropPath.forward(y));
-      return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
+      const x1 = this.residual(
+        rows,
+        x,
+        (xs) => this.attn.forward(this.norm1.forward(xs), mask, { queries }).out,
+      );
+      return this.residual(x1, x1, (xs) => this.mlp.forward(this.norm2.forward(xs)));
     });
+  }
+
+  /**
+   * base + dropPath(branch(input)). In training on CPU the branch runs only on the samples
+   * whose draw keeps it (`index_select` in, `index_add` out): the dropped samples' branch output
+   * would be multiplied by 0, so skipping it changes no value or gradient and saves about p of
+   * the branch's work. The draws are the same as without skipping. (On GPUs the kept samples
+   * would need a device sync to find, so the branch runs on all of them there.)
+   */
+  private residual(base: Tensor, input: Tensor, branch: (x: Tensor) => Tensor): Tensor {
+    const s = this.dropPath.sampleScale(input);
+    if (s === null) return base.add(branch(input));
+    const B = input.size(0);
+    if (input.device === "cpu") {
+      const kept = s.mask.flatten().nonzero().flatten();
+      const k = kept.size(0);
+      if (k === B) return base.add(branch(input).div(s.keepP));
+      // k = 0 still runs the branch (below) so that its parameters get (zero) gradients as in
+      // PyTorch, where the optimiser then still applies weight decay and momentum to them
+      if (k > 0) return base.indexAdd(0, kept, branch(input.indexSelect(0, kept)).div(s.keepP));
+    }
+    return base.add(branch(input).div(s.keepP).mul(s.mask));
   }
 
   /** The last block's attention weights [B, heads, T, T] (explicit path, mask applied). */
@@ -366,14 +391,18 @@ export class Block extends Module {
     mainQueries = numMain,
   ): Tensor {
     return scope(() => {
-      const y = this.attn.forwardRefTail(this.norm1.forward(x), numMain, numCls, mode, mainQueries);
       const R = x.size(1) - numMain;
       // with mainQueries < numMain only those class/patch rows (and every reference row) go on
       const rows = mainQueries < numMain
         ? cat([x.narrow(1, 0, mainQueries), x.narrow(1, numMain, R)], 1)
         : x;
-      const x1 = rows.add(this.dropPath.forward(y));
-      return x1.add(this.dropPath.forward(this.mlp.forward(this.norm2.forward(x1))));
+      const x1 = this.residual(
+        rows,
+        x,
+        (xs) =>
+          this.attn.forwardRefTail(this.norm1.forward(xs), numMain, numCls, mode, mainQueries),
+      );
+      return this.residual(x1, x1, (xs) => this.mlp.forward(this.norm2.forward(xs)));
     });
   }
 

@@ -349,6 +349,7 @@ export class VisionTransformer extends Module {
    * after the final LayerNorm.
    */
   forward(x: Tensor, opts: ForwardOptions & { patchTokens: false }): ViTTrainOutput;
+  /** The forward pass with every output (see {@link ForwardOptions}). */
   forward(x: Tensor, opts?: ForwardOptions): ViTOutput;
   forward(x: Tensor, opts: ForwardOptions = {}): ViTOutput | ViTTrainOutput {
     const mode = checkMaskMode(opts.maskMode ?? DEFAULT_MASK_MODE, "maskMode");

@@ -8,7 +8,7 @@
 import { libraryCandidates, NATIVE_ENV } from "../../native/paths.ts";
 
 /** The ABI version this binding expects (DD_ABI_VERSION in native/include/densedino.h). */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 const H = "u32" as const; // tensor / generator handle
 const I = "i32" as const;
@@ -114,6 +114,7 @@ const SYMBOLS = {
   dd_index_select: { parameters: [H, I, H], result: H },
   dd_gather: { parameters: [H, I, H], result: H },
   dd_scatter: { parameters: [H, I, H, H, F, I], result: H },
+  dd_index_add: { parameters: [H, I, H, H, F], result: H },
   dd_masked_select: { parameters: [H, H], result: H },
   dd_nonzero: { parameters: [H], result: H },
   dd_tri: { parameters: [H, L, I], result: H },

@@ -1129,6 +1129,14 @@ export class Tensor extends NativeHandle {
   indexSelect(dim: number, index: Tensor): Tensor {
     return wrap(native().dd_index_select(this._h, dim, index._h), "indexSelect", this, index);
   }
+  /** A copy with alpha·`src` added at the int64 `index` positions along `dim` (torch.index_add). */
+  indexAdd(dim: number, index: Tensor, src: Tensor, alpha = 1): Tensor {
+    return wrapN(
+      native().dd_index_add(this._h, dim, index._h, src._h, alpha),
+      "indexAdd",
+      [this, index, src],
+    );
+  }
   /** out[i][j] = this[index[i][j]][j] (for dim 0), as torch.gather. */
   gather(dim: number, index: Tensor): Tensor {
     return wrap(native().dd_gather(this._h, dim, index._h), "gather", this, index);

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define DD_ABI_VERSION 2
+#define DD_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define DD_API __declspec(dllexport)
@@ -204,6 +204,9 @@ DD_API dd_tensor dd_gather(dd_tensor a, int32_t dim, dd_tensor index);
 /* reduce: 0 replace, 1 add. src 0 → fill with value */
 DD_API dd_tensor dd_scatter(dd_tensor a, int32_t dim, dd_tensor index, dd_tensor src,
                             double value, int32_t reduce);
+/* a copy of a with alpha * src added at `index` along dim (torch.index_add) */
+DD_API dd_tensor dd_index_add(dd_tensor a, int32_t dim, dd_tensor index, dd_tensor src,
+                              double alpha);
 DD_API dd_tensor dd_masked_select(dd_tensor a, dd_tensor mask);
 DD_API dd_tensor dd_nonzero(dd_tensor a);
 DD_API dd_tensor dd_tri(dd_tensor a, int64_t diagonal, int32_t upper);

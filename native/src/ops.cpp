@@ -460,6 +460,9 @@ dd_tensor dd_scatter(dd_tensor a, int32_t dim, dd_tensor index, dd_tensor src, d
   }
   DD_CATCH(0u)
 }
+dd_tensor dd_index_add(dd_tensor a, int32_t dim, dd_tensor index, dd_tensor src, double alpha) {
+  DD_RET(get(a).index_add(dim, get(index), get(src), alpha))
+}
 dd_tensor dd_masked_select(dd_tensor a, dd_tensor mask) { DD_RET(get(a).masked_select(get(mask))) }
 dd_tensor dd_nonzero(dd_tensor a) { DD_RET(get(a).nonzero()) }
 dd_tensor dd_tri(dd_tensor a, int64_t diagonal, int32_t upper) {

@@ -207,16 +207,31 @@ int32_t dd_adamw_step(const dd_tensor* params, const dd_tensor* exp_avg,
       step_size.push_back(-lr / bc1);
       bc2_sqrt.push_back(std::sqrt(bc2));
     }
-    // torch.optim.AdamW (single-tensor form), applied to the whole group at once
-    if (weight_decay != 0) at::_foreach_mul_(w.params, 1 - lr * weight_decay);
-    at::_foreach_mul_(m, beta1);
-    at::_foreach_add_(m, w.grads, 1 - beta1);
-    at::_foreach_mul_(v, beta2);
-    at::_foreach_addcmul_(v, w.grads, w.grads, 1 - beta2);
-    auto denom = at::_foreach_sqrt(v);
-    at::_foreach_div_(denom, bc2_sqrt);
-    at::_foreach_add_(denom, eps);
-    at::_foreach_addcdiv_(w.params, m, denom, step_size);
+    // torch.optim.AdamW (single-tensor form). On CPU one parameter at a time, so each
+    // parameter's tensors stay in cache across the update's passes (measured faster than the
+    // _foreach form there); on GPUs the _foreach kernels batch the launches. Same arithmetic.
+    bool cpu = w.params.front().device().is_cpu();
+    if (cpu) {
+      for (size_t j = 0; j < w.params.size(); j++) {
+        auto& p = w.params[j];
+        auto& g = w.grads[j];
+        if (weight_decay != 0) p.mul_(1 - lr * weight_decay);
+        m[j].mul_(beta1).add_(g, 1 - beta1);
+        v[j].mul_(beta2).addcmul_(g, g, 1 - beta2);
+        auto denom = v[j].sqrt().div_(bc2_sqrt[j]).add_(eps);
+        p.addcdiv_(m[j], denom, step_size[j]);
+      }
+    } else {
+      if (weight_decay != 0) at::_foreach_mul_(w.params, 1 - lr * weight_decay);
+      at::_foreach_mul_(m, beta1);
+      at::_foreach_add_(m, w.grads, 1 - beta1);
+      at::_foreach_mul_(v, beta2);
+      at::_foreach_addcmul_(v, w.grads, w.grads, 1 - beta2);
+      auto denom = at::_foreach_sqrt(v);
+      at::_foreach_div_(denom, bc2_sqrt);
+      at::_foreach_add_(denom, eps);
+      at::_foreach_addcdiv_(w.params, m, denom, step_size);
+    }
     for (auto i : w.index) steps[i] += 1;
     return static_cast<int32_t>(w.index.size());
   })

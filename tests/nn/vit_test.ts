@@ -797,3 +797,54 @@ Deno.test("vit: patchTokens false gives the same class and reference outputs and
     }
   });
 });
+
+Deno.test("block: drop-path skips dropped samples' branches without changing values or gradients", () => {
+  const b = new Block(32, 2, { dropPath: 0.5 });
+  using g = new Generator(5);
+  b.dropPath.generator = g;
+  b.train();
+  try {
+    scope(() => {
+      const x = randn([8, 6, 32]).requiresGrad_(true);
+      const w = randn([8, 6, 32]);
+      const params = b.parameters();
+      const gradsOf = (out: Tensor) => {
+        out.mul(w).sum().backward();
+        const gs = [x.grad!, ...params.map((p) => p.grad!)];
+        for (const t of [x, ...params]) t.setGrad(null);
+        return gs;
+      };
+      g.manualSeed(7);
+      const fast = b.forward(x);
+      const gFast = gradsOf(fast);
+      // reference: both branches on every sample, multiplied by the same draws
+      g.manualSeed(7);
+      const s1 = b.dropPath.sampleScale(x)!;
+      const x1 = x.add(b.attn.forward(b.norm1.forward(x)).out.div(s1.keepP).mul(s1.mask));
+      const s2 = b.dropPath.sampleScale(x1)!;
+      const ref = x1.add(b.mlp.forward(b.norm2.forward(x1)).div(s2.keepP).mul(s2.mask));
+      const kept = s1.mask.sum().item();
+      assert.ok(kept > 0 && kept < 8, `a mix of kept and dropped samples (kept ${kept})`);
+      assert.ok(maxDiff(fast, ref) <= 1e-5, `values ${maxDiff(fast, ref)}`);
+      const gRef = gradsOf(ref);
+      gFast.forEach((gr, i) => assert.ok(maxDiff(gr, gRef[i]) <= 1e-5, `grad ${i}`));
+      // every sample dropped: the parameters still get (zero) gradients, as in PyTorch
+      const one = randn([1, 6, 32]);
+      let dropped = false;
+      for (let seed = 0; seed < 50 && !dropped; seed++) {
+        g.manualSeed(seed);
+        const probe = b.dropPath.sampleScale(one)!;
+        if (probe.mask.sum().item() === 0) {
+          g.manualSeed(seed);
+          b.forward(one).sum().backward();
+          for (const p of params) assert.ok(p.grad !== null, "parameter without gradient");
+          for (const p of params) p.setGrad(null);
+          dropped = true;
+        }
+      }
+      assert.ok(dropped, "found a seed that drops the single sample's first branch");
+    });
+  } finally {
+    b.free();
+  }
+});
