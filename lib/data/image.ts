@@ -3,28 +3,30 @@
  * [3, H, W] in [0, 1], PNG out, torchvision-equivalent `Resize(size)` + `CenterCrop(size)`, and
  * ImageNet mean/std normalisation.
  *
- * Decoding uses `imagescript` (pure JS + WebAssembly), loaded on first use: importing this
- * module (or `mod.ts`) needs neither the package nor a network.
+ * PNG goes through this project's own codec (`png.ts`, TypeScript with the web-standard zlib
+ * streams). JPEG uses `imagescript` (pure JS + WebAssembly), loaded on the first JPEG: importing
+ * this module (or `mod.ts`) needs neither the package nor a network, and PNG never loads it.
  *
  * @module
  */
 import { fromTypedArray, interpolate, pad, scope, type Tensor, TorchError } from "../torch/mod.ts";
+import { ImageError } from "./error.ts";
+import { decodePng, encodePngPixels, pngToRgb8 } from "./png.ts";
 
-// imagescript is imported lazily, by a specifier that Deno does not analyse statically, so that
-// importing mod.ts (and type-checking anything that does) needs neither the package nor a
-// network: the CUDA machines are offline. The full `npm:` specifier, not deno.json's bare
-// "imagescript", because mod.ts is also imported from URLs, where this project's import map does
-// not apply. Keep the version in step with deno.json's "imports".
+export { ImageError };
+
+// imagescript (for JPEG only) is imported lazily, by a specifier that Deno does not analyse
+// statically, so that importing mod.ts (and type-checking anything that does) needs neither the
+// package nor a network: the CUDA machines are offline. The full `npm:` specifier, not
+// deno.json's bare "imagescript", because mod.ts is also imported from URLs, where this project's
+// import map does not apply. Keep the version in step with deno.json's "imports".
 const IMAGESCRIPT: string = ["npm:imagescript", "1.3.1"].join("@");
 
-/** The part of imagescript's `Image` used here. */
+/** The part of imagescript's `Image` used here (JPEG only; PNG goes through png.ts). */
 interface CodecImage {
   readonly width: number;
   readonly height: number;
   readonly bitmap: Uint8ClampedArray;
-  encode(compression?: number, meta?: { creationTime?: number; software?: string }): Promise<
-    Uint8Array
-  >;
   encodeJPEG(quality?: number): Promise<Uint8Array>;
 }
 
@@ -48,22 +50,6 @@ function loadImageScript(): Promise<ImageScript> {
     );
   });
   return imagescript;
-}
-
-/**
- * An image that could not be read, decoded or written. `path` names the file (or the name
- * given for in-memory bytes); the message starts with it.
- */
-export class ImageError extends Error {
-  /** the file (or the name given to the bytes) */
-  readonly path: string;
-
-  /** An error about the image at `path`. */
-  constructor(path: string, detail: string) {
-    super(`${path}: ${detail}`);
-    this.name = "ImageError";
-    this.path = path;
-  }
 }
 
 /** The image formats this module decodes. */
@@ -104,10 +90,12 @@ export interface RgbImage {
   data: Uint8Array;
 }
 
-async function decodeRgba(
-  bytes: Uint8Array,
-  name: string,
-): Promise<{ width: number; height: number; rgba: Uint8Array }> {
+/**
+ * Decodes PNG or JPEG bytes to 8-bit RGB (alpha dropped, grey and palette expanded to RGB,
+ * 16-bit PNG reduced to 8 bits). `name` (e.g. the file path) starts every error message.
+ * Throws {@link ImageError} on unsupported or corrupt data.
+ */
+export async function decodeRgb(bytes: Uint8Array, name = "<image bytes>"): Promise<RgbImage> {
   if (!(bytes instanceof Uint8Array)) {
     throw new ImageError(name, "image bytes must be a Uint8Array");
   }
@@ -119,6 +107,12 @@ async function decodeRgba(
       `unsupported image format: ${describeSignature(bytes)}; expected PNG or JPEG`,
     );
   }
+  if (format === "png") {
+    // our own codec: its errors are ImageErrors naming `name` ("corrupt or truncated PNG (…)",
+    // "invalid PNG (…)")
+    const png = await decodePng(bytes, name);
+    return { width: png.width, height: png.height, data: pngToRgb8(png) };
+  }
   const { Image } = await loadImageScript();
   let img;
   try {
@@ -127,31 +121,18 @@ async function decodeRgba(
     // corrupt data surfaces as codec errors or as a WebAssembly trap ("unreachable"); both are
     // recoverable and the codec stays usable
     const why = e instanceof Error ? e.message : String(e);
-    throw new ImageError(name, `corrupt or truncated ${format.toUpperCase()} (${why})`);
+    throw new ImageError(name, `corrupt or truncated JPEG (${why})`);
   }
   const { width, height, bitmap } = img;
   if (!(width > 0 && height > 0) || bitmap.length !== width * height * 4) {
-    throw new ImageError(
-      name,
-      `decoded ${format.toUpperCase()} has an invalid size ${width}×${height}`,
-    );
+    throw new ImageError(name, `decoded JPEG has an invalid size ${width}×${height}`);
   }
-  return { width, height, rgba: new Uint8Array(bitmap.buffer, bitmap.byteOffset, bitmap.length) };
-}
-
-/**
- * Decodes PNG or JPEG bytes to 8-bit RGB (alpha dropped, grey and palette expanded to RGB,
- * 16-bit PNG reduced to 8 bits). `name` (e.g. the file path) starts every error message.
- * Throws {@link ImageError} on unsupported or corrupt data.
- */
-export async function decodeRgb(bytes: Uint8Array, name = "<image bytes>"): Promise<RgbImage> {
-  const { width, height, rgba } = await decodeRgba(bytes, name);
   const n = width * height;
   const data = new Uint8Array(n * 3);
   for (let i = 0, j = 0; i < n; i++, j += 4) {
-    data[3 * i] = rgba[j];
-    data[3 * i + 1] = rgba[j + 1];
-    data[3 * i + 2] = rgba[j + 2];
+    data[3 * i] = bitmap[j];
+    data[3 * i + 1] = bitmap[j + 1];
+    data[3 * i + 2] = bitmap[j + 2];
   }
   return { width, height, data };
 }
@@ -181,15 +162,7 @@ export function rgbToTensor(img: RgbImage): Tensor {
  * Throws {@link ImageError} on unsupported or corrupt data.
  */
 export async function decodeImage(bytes: Uint8Array, name = "<image bytes>"): Promise<Tensor> {
-  const { width, height, rgba } = await decodeRgba(bytes, name);
-  const n = width * height;
-  const out = new Float32Array(n * 3);
-  for (let i = 0, j = 0; i < n; i++, j += 4) {
-    out[i] = rgba[j] / 255;
-    out[n + i] = rgba[j + 1] / 255;
-    out[2 * n + i] = rgba[j + 2] / 255;
-  }
-  return fromTypedArray(out, [3, height, width]);
+  return rgbToTensor(await decodeRgb(bytes, name));
 }
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -216,8 +189,14 @@ export async function loadRgb(path: string): Promise<RgbImage> {
   return decodeRgb(await readBytes(path), path);
 }
 
-/** An image tensor to opaque RGBA bytes; see {@link encodePng} for the accepted inputs. */
-function toRgba(x: Tensor, op: string): { width: number; height: number; rgba: Uint8Array } {
+/**
+ * An image tensor to 8-bit interleaved samples, 1 (grey) or 3 (RGB) per pixel; see
+ * {@link encodePng} for the accepted inputs.
+ */
+function toPixels(
+  x: Tensor,
+  op: string,
+): { width: number; height: number; channels: 1 | 3; data: Uint8Array } {
   const s = x.shape;
   let C: number, H: number, W: number;
   if (s.length === 2) [C, H, W] = [1, s[0], s[1]];
@@ -237,29 +216,27 @@ function toRgba(x: Tensor, op: string): { width: number; height: number; rgba: U
     x.to({ device: "cpu", dtype: isU8 ? "uint8" : "float32" }).contiguous().toTypedArray()
   ) as Uint8Array | Float32Array;
   const n = H * W;
-  const rgba = new Uint8Array(n * 4).fill(255);
-  for (let c = 0; c < 3; c++) {
-    const src = C === 1 ? 0 : c * n;
+  const channels = C === 1 ? 1 : 3;
+  const data = new Uint8Array(n * channels);
+  for (let c = 0; c < channels; c++) {
+    const src = c * n;
     for (let i = 0; i < n; i++) {
       const v = values[src + i];
-      rgba[4 * i + c] = isU8 ? v : v > 0 ? (v >= 1 ? 255 : Math.floor(v * 255 + 0.5)) : 0;
+      data[channels * i + c] = isU8 ? v : v > 0 ? (v >= 1 ? 255 : Math.floor(v * 255 + 0.5)) : 0;
     }
   }
-  return { width: W, height: H, rgba };
+  return { width: W, height: H, channels, data };
 }
 
 /**
- * Encodes an image tensor as PNG (RGBA, opaque). Accepts [3, H, W] (RGB), [1, H, W] or
- * [H, W] (grey). Floating tensors hold values in [0, 1]: they are clamped and rounded to 8 bits
- * as torchvision's `save_image` (`⌊255·v + 0.5⌋`, NaN as 0); uint8 tensors are written as they
- * are (e.g. masks). The bytes are deterministic (no timestamp).
+ * Encodes an image tensor as an 8-bit PNG: RGB for [3, H, W], grey for [1, H, W] or [H, W]
+ * (so a uint8 mask reads back as grey class indices). Floating tensors hold values in [0, 1]:
+ * they are clamped and rounded to 8 bits as torchvision's `save_image` (`⌊255·v + 0.5⌋`, NaN as
+ * 0); uint8 tensors are written as they are (e.g. masks). The bytes are deterministic (no
+ * timestamp or other metadata).
  */
 export async function encodePng(x: Tensor): Promise<Uint8Array> {
-  const { width, height, rgba } = toRgba(x, "encodePng");
-  const { Image } = await loadImageScript();
-  const img = new Image(width, height);
-  img.bitmap.set(rgba);
-  return await img.encode(1, { creationTime: 0, software: "densedino" });
+  return await encodePngPixels(toPixels(x, "encodePng"));
 }
 
 /**
@@ -270,10 +247,14 @@ export async function encodeJpeg(x: Tensor, quality = 90): Promise<Uint8Array> {
   if (!Number.isInteger(quality) || quality < 1 || quality > 100) {
     throw new TorchError("encodeJpeg", `quality must be an integer in 1..100, got ${quality}`);
   }
-  const { width, height, rgba } = toRgba(x, "encodeJpeg");
+  const { width, height, channels, data } = toPixels(x, "encodeJpeg");
   const { Image } = await loadImageScript();
   const img = new Image(width, height);
-  img.bitmap.set(rgba);
+  const rgba = img.bitmap;
+  for (let i = 0, n = width * height; i < n; i++) {
+    for (let c = 0; c < 3; c++) rgba[4 * i + c] = data[channels * i + (channels === 1 ? 0 : c)];
+    rgba[4 * i + 3] = 255;
+  }
   return await img.encodeJPEG(quality);
 }
 

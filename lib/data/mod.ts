@@ -1,5 +1,6 @@
 /**
- * The data layer: image decoding and encoding, and the standard preprocessing.
+ * The data layer: image decoding and encoding (PNG with this project's own codec, JPEG with
+ * imagescript), and the standard preprocessing.
  *
  * @module
  */
@@ -24,3 +25,16 @@ export {
   rgbToTensor,
   savePng,
 } from "./image.ts";
+export {
+  decodePng,
+  encodePngPixels,
+  type PngBitDepth,
+  type PngColorType,
+  type PngEncodeOptions,
+  type PngFilter,
+  type PngImage,
+  pngIndices,
+  type PngPixels,
+  pngToRgb8,
+  pngToRgba8,
+} from "./png.ts";
