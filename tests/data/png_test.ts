@@ -10,7 +10,8 @@
  * read back by Pillow).
  */
 import assert from "node:assert/strict";
-import { crc32, deflateSync, inflateSync } from "node:zlib";
+import { deflateSync, inflateSync } from "node:zlib";
+import { chunk, concat, SIGNATURE } from "./png_builder.ts";
 import {
   decodeImage,
   decodePng,
@@ -85,29 +86,7 @@ function seeded(seed: number): () => number {
   };
 }
 
-// ---- a minimal PNG assembler for malformed files (CRCs from node:zlib) -----------------------
-
-function chunk(type: string, data: Uint8Array): Uint8Array {
-  const out = new Uint8Array(12 + data.length);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, data.length);
-  out.set(new TextEncoder().encode(type), 4);
-  out.set(data, 8);
-  v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
-const SIGNATURE = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]);
+// ---- malformed files: chunks from tests/data/png_builder.ts ------------------------------
 
 function ihdr(w: number, h: number, depth: number, colorType: number, interlace = 0): Uint8Array {
   const d = new Uint8Array(13);
