@@ -38,3 +38,4 @@ export {
   pngToRgb8,
   pngToRgba8,
 } from "./png.ts";
+export { checkIndex, type Dataset, type Sample } from "./dataset.ts";
