@@ -4,7 +4,7 @@
  * @module
  */
 import { native } from "./ffi.ts";
-import { type Device, deviceCode, type DType, DTYPE_SIZE, dtypeCode } from "./dtype.ts";
+import { type Device, deviceCode, type DType, DTYPE_SIZE, dtypeCode, isFloating } from "./dtype.ts";
 import { TorchError } from "./errors.ts";
 import { type NestedArray, sizesBuf, type Tensor, type TensorData, wrap } from "./tensor.ts";
 
@@ -188,7 +188,7 @@ export function tensor(
   const shape = inferShape(data as NestedArray, "tensor");
   const flat: number[] = [];
   flattenNested(data as NestedArray, flat);
-  const isBool = typeof (Array.isArray(data) ? flat.length && firstLeaf(data) : data) === "boolean";
+  const isBool = typeof firstLeaf(data as NestedArray) === "boolean";
   const dtype = opts.dtype ?? (isBool ? "bool" : "float32");
   if (opts.shape) {
     let n = 1;
@@ -201,16 +201,15 @@ export function tensor(
     }
   }
   const target = opts.shape ?? shape;
-  if (
-    dtype === "int64" || dtype === "float64" || dtype === "int32" || dtype === "int16" ||
-    dtype === "int8" || dtype === "uint8" || dtype === "bool"
-  ) {
-    for (const v of flat) {
-      if (dtype !== "float64" && !Number.isInteger(v)) {
-        throw new TorchError("tensor", `value ${v} is not an integer, as dtype ${dtype} needs`);
+  if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16") {
+    if (!isFloating(dtype)) {
+      for (const v of flat) {
+        if (!Number.isInteger(v)) {
+          throw new TorchError("tensor", `value ${v} is not an integer, as dtype ${dtype} needs`);
+        }
       }
     }
-    // float64 holds every such integer exactly; the native cast gives the final type
+    // float64 holds every such value exactly; the native cast gives the final type
     return fromTypedArray(Float64Array.from(flat), target, { ...opts, dtype });
   }
   return fromTypedArray(Float32Array.from(flat), target, { ...opts, dtype });
