@@ -1,7 +1,8 @@
 /**
  * Image IO and the standard ImageNet-style preprocessing: PNG / JPEG to float tensors
  * [3, H, W] in [0, 1], PNG out, torchvision-equivalent `Resize(size)` + `CenterCrop(size)`, and
- * ImageNet mean/std normalisation.
+ * ImageNet mean/std normalisation; segmentation label PNGs (palette or grey) to class-index
+ * masks [H, W].
  *
  * PNG goes through this project's own codec (`png.ts`, TypeScript with the web-standard zlib
  * streams). JPEG uses `imagescript` (pure JS + WebAssembly), loaded on the first JPEG: importing
@@ -11,7 +12,7 @@
  */
 import { fromTypedArray, interpolate, pad, scope, type Tensor, TorchError } from "../torch/mod.ts";
 import { ImageError } from "./error.ts";
-import { decodePng, encodePngPixels, pngToRgb8 } from "./png.ts";
+import { decodePng, encodePngPixels, pngIndices, pngToRgb8 } from "./png.ts";
 
 export { ImageError };
 
@@ -392,4 +393,149 @@ export function centerCrop(x: Tensor, size: number | readonly [number, number]):
  */
 export function resizeImage(x: Tensor, size: number, crop: number = size): Tensor {
   return scope(() => centerCrop(resizeShorterSide(x, size), crop));
+}
+
+// ---- class-index masks -----------------------------------------------------------------------
+
+/**
+ * The Pascal VOC colour map: 256 RGB triples (768 bytes), entry `k` the colour VOC's label
+ * PNGs show for class index `k` (0 black background, 1 aeroplane (128, 0, 0), …, 255 the
+ * ignore / border colour (224, 224, 192)). The palette of VOC's `SegmentationClass` PNGs; pass it
+ * as `palette` to `encodePngPixels` to write such a PNG, or as `colormap` to
+ * {@link decodeIndexMask} to read RGB renderings of VOC masks. A fresh copy on every call.
+ */
+export function vocColormap(): Uint8Array {
+  const out = new Uint8Array(256 * 3);
+  for (let k = 0; k < 256; k++) {
+    let [r, g, b, c] = [0, 0, 0, k];
+    for (let j = 0; j < 8; j++) {
+      r |= ((c >> 0) & 1) << (7 - j);
+      g |= ((c >> 1) & 1) << (7 - j);
+      b |= ((c >> 2) & 1) << (7 - j);
+      c >>= 3;
+    }
+    out.set([r, g, b], 3 * k);
+  }
+  return out;
+}
+
+/** Options of {@link decodeIndexMask} and {@link loadIndexMask}. */
+export interface IndexMaskOptions {
+  /**
+   * RGB triples (entry `k` is class index `k`, at most 256 entries, no colour twice) through
+   * which an RGB or RGBA PNG is mapped back to class indices, e.g. {@link vocColormap} for VOC
+   * masks that were re-saved as RGB. A colour not in the map is an error. Without it (the
+   * default), RGB masks are rejected: a class-index mask is a palette or grey PNG.
+   */
+  colormap?: Uint8Array;
+}
+
+const colormapCache = new WeakMap<Uint8Array, Map<number, number>>();
+
+function colormapLookup(colormap: Uint8Array, name: string): Map<number, number> {
+  const cached = colormapCache.get(colormap);
+  if (cached) return cached;
+  const entries = colormap.length / 3;
+  if (!(colormap instanceof Uint8Array) || !Number.isInteger(entries) || entries < 1) {
+    throw new ImageError(name, "colormap must be a Uint8Array of RGB triples");
+  }
+  if (entries > 256) {
+    throw new ImageError(name, `colormap has ${entries} entries; class indices stop at 255`);
+  }
+  const map = new Map<number, number>();
+  for (let k = 0; k < entries; k++) {
+    const key = (colormap[3 * k] << 16) | (colormap[3 * k + 1] << 8) | colormap[3 * k + 2];
+    if (map.has(key)) {
+      throw new ImageError(
+        name,
+        `colormap entries ${map.get(key)} and ${k} have the same colour ` +
+          `(${colormap[3 * k]}, ${colormap[3 * k + 1]}, ${colormap[3 * k + 2]})`,
+      );
+    }
+    map.set(key, k);
+  }
+  colormapCache.set(colormap, map);
+  return map;
+}
+
+/**
+ * Decodes a segmentation label image to class indices: a uint8 tensor [H, W] (255 = ignore by
+ * the VOC convention; values are returned as stored, not checked against a class count).
+ *
+ * - a palette PNG (Pascal VOC's `SegmentationClass`): the palette **index** of each pixel is its
+ *   class, whatever colours the palette holds;
+ * - a grey PNG (`SegmentationClassAug`): the grey level is the class (16-bit levels must be at
+ *   most 255; 1/2/4-bit levels are not rescaled);
+ * - an RGB / RGBA PNG: rejected, unless `opts.colormap` maps its colours to indices (see
+ *   {@link IndexMaskOptions}); grey+alpha is rejected;
+ * - a JPEG: rejected (lossy compression changes the indices along every edge).
+ *
+ * `name` (e.g. the file path) starts every error message; errors are {@link ImageError}s.
+ */
+export async function decodeIndexMask(
+  bytes: Uint8Array,
+  name = "<mask bytes>",
+  opts: IndexMaskOptions = {},
+): Promise<Tensor> {
+  if (!(bytes instanceof Uint8Array)) {
+    throw new ImageError(name, "mask bytes must be a Uint8Array");
+  }
+  if (bytes.length === 0) throw new ImageError(name, "empty file, not a mask");
+  const format = imageFormat(bytes);
+  if (format === "jpeg") {
+    throw new ImageError(
+      name,
+      "a JPEG cannot hold a class-index mask (lossy compression changes the indices): use " +
+        "the PNG label images (palette, as VOC's SegmentationClass, or grey, as " +
+        "SegmentationClassAug)",
+    );
+  }
+  if (format === null) {
+    throw new ImageError(
+      name,
+      `unsupported mask format: ${describeSignature(bytes)}; expected a palette or grey PNG`,
+    );
+  }
+  const png = await decodePng(bytes, name);
+  const { width, height, colorType } = png;
+  let indices: Uint8Array;
+  if (colorType === 0 || colorType === 3) {
+    indices = pngIndices(png, name);
+  } else if ((colorType === 2 || colorType === 6) && opts.colormap !== undefined) {
+    const lookup = colormapLookup(opts.colormap, name);
+    const rgb = pngToRgb8(png);
+    const n = width * height;
+    indices = new Uint8Array(n);
+    for (let i = 0; i < n; i++) {
+      const key = (rgb[3 * i] << 16) | (rgb[3 * i + 1] << 8) | rgb[3 * i + 2];
+      const k = lookup.get(key);
+      if (k === undefined) {
+        throw new ImageError(
+          name,
+          `colour (${rgb[3 * i]}, ${rgb[3 * i + 1]}, ${rgb[3 * i + 2]}) at pixel ` +
+            `(x ${i % width}, y ${Math.floor(i / width)}) is not in the colormap`,
+        );
+      }
+      indices[i] = k;
+    }
+  } else {
+    const kind = colorType === 2 ? "an RGB" : colorType === 6 ? "an RGBA" : "a grey+alpha";
+    throw new ImageError(
+      name,
+      `${kind} PNG is not a class-index mask: use palette label PNGs (VOC's ` +
+        "SegmentationClass) or grey index PNGs (SegmentationClassAug)" +
+        (colorType === 4 ? "" : ", or pass a colormap (e.g. vocColormap()) to map colours to " +
+          "class indices"),
+    );
+  }
+  return fromTypedArray(indices, [height, width]);
+}
+
+/**
+ * Reads a label PNG as class indices, a uint8 tensor [H, W] (see {@link decodeIndexMask}).
+ * Throws {@link ImageError} naming the file when it is missing, unreadable, corrupt, a JPEG,
+ * or an RGB PNG without a colormap.
+ */
+export async function loadIndexMask(path: string, opts: IndexMaskOptions = {}): Promise<Tensor> {
+  return decodeIndexMask(await readBytes(path), path, opts);
 }

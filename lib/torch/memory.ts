@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { TorchError } from "./errors.ts";
 
 /** Base class of objects that own one native handle. */
 export abstract class NativeHandle implements Disposable {
@@ -50,6 +51,23 @@ export abstract class NativeHandle implements Disposable {
   /** Same as {@link free}; lets `using t = …` free the tensor at the end of the block. */
   [Symbol.dispose](): void {
     this.free();
+  }
+
+  /**
+   * @internal Gives up ownership of the native handle **without freeing it** and returns it:
+   * this object then reads as freed (scopes skip it) and {@link liveHandles} drops by one,
+   * while the native object stays alive. For handing a tensor to another owner — the data
+   * loader's Deno Workers send tensors to the main thread this way: the native handle table is
+   * process-wide, so a handle is valid on every thread. The caller must give the handle to
+   * exactly one new owner (`Tensor.adopt`), or free it natively, or it leaks. Throws when
+   * the handle was already freed or released.
+   */
+  releaseHandle(): number {
+    const h = this._h;
+    if (h === 0) throw new TorchError("releaseHandle", "the handle was already freed or released");
+    this._h = 0;
+    live--;
+    return h;
   }
 }
 

@@ -316,6 +316,21 @@ export class Tensor extends NativeHandle {
     native().dd_free(h);
   }
 
+  /**
+   * @internal Takes ownership of a live native tensor handle that its previous owner gave up
+   * with `releaseHandle()` (e.g. on another thread of this process: the handle table is
+   * process-wide). The handle must be live (else a TorchError) and must have no other owner:
+   * adopting a handle twice leads to a double free. The new Tensor joins the current scope
+   * like any other.
+   */
+  static adopt(h: number): Tensor {
+    if (!Number.isInteger(h) || h <= 0 || h > 0xffffffff) {
+      throw new TorchError("Tensor.adopt", `not a tensor handle: ${h}`);
+    }
+    if (native().dd_ndim(h) < 0) fail("Tensor.adopt");
+    return new Tensor(h);
+  }
+
   /** @internal The live handle, or a TorchError naming `op` when freed. */
   handle(op = "tensor"): number {
     if (this._h === 0) throw new TorchError(op, "tensor used after free()");
