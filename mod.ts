@@ -18,3 +18,4 @@
 export * from "./lib/torch/mod.ts";
 export * from "./lib/nn/mod.ts";
 export * from "./lib/data/mod.ts";
+export * from "./lib/densedino/mod.ts";
