@@ -67,3 +67,12 @@ export {
   solarizeAbove,
   toGrayscale,
 } from "./augment.ts";
+export {
+  collateMultiCrop,
+  multiCrop,
+  type MultiCropBatch,
+  type MultiCropItem,
+  type MultiCropOptions,
+  multiCropTransform,
+  viewKind,
+} from "./multicrop.ts";
