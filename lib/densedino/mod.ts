@@ -76,3 +76,4 @@ export {
   multiCropTransform,
   viewKind,
 } from "./multicrop.ts";
+export { DenseDinoModel, type DenseDinoModelOptions, type DenseDinoOutput } from "./model.ts";
