@@ -77,3 +77,24 @@ export {
   viewKind,
 } from "./multicrop.ts";
 export { DenseDinoModel, type DenseDinoModelOptions, type DenseDinoOutput } from "./model.ts";
+export {
+  cosineSchedule,
+  type CosineScheduleOptions,
+  linearScaledLr,
+  TeacherTempSchedule,
+  teacherTempSchedule,
+  type TeacherTempScheduleOptions,
+} from "./schedules.ts";
+export {
+  collapseThreshold,
+  DinoLoss,
+  type DinoLossForwardOptions,
+  type DinoLossInputs,
+  type DinoLossOptions,
+  type DinoLossOutput,
+  type DinoLossState,
+  isCollapsed,
+  type LossKind,
+  type LossStep,
+  softmaxEntropy,
+} from "./loss.ts";

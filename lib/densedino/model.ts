@@ -46,6 +46,7 @@ export class DenseDinoModel extends Module {
   /** the reference-token head (the class head when shared; null for DINO) */
   readonly refHead: DINOHead | null;
 
+  /** Heads on `backbone` (out_dim 65536 and the DINO head's defaults unless overridden). */
   constructor(backbone: VisionTransformer, opts: DenseDinoModelOptions = {}) {
     super();
     const outDim = opts.outDim ?? 65536;
