@@ -193,6 +193,12 @@ export interface EpochStats {
   seconds: number;
   /** true once the epoch ran to its end (false while running, after a break or an error) */
   complete: boolean;
+  /**
+   * The position in the epoch's order just after the last example of the last yielded batch:
+   * `epoch(e, { start: nextPosition })` yields exactly the batches that would have followed
+   * (a checkpoint taken after a batch resumes from here).
+   */
+  nextPosition: number;
 }
 
 /** The default batch of {@link Sample} items: stacked images, labels and masks. */
@@ -1075,6 +1081,7 @@ function newStats(epoch: number): EpochStats {
     startSeconds: 0,
     seconds: 0,
     complete: false,
+    nextPosition: 0,
   };
 }
 
@@ -1227,8 +1234,9 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
    * The batches of epoch `e`, in order. Iterate it to the end or break out of it (which frees
    * the prefetched batches); one epoch at a time.
    */
-  async *epoch(e: number): AsyncGenerator<B, void, undefined> {
+  async *epoch(e: number, opts: { start?: number } = {}): AsyncGenerator<B, void, undefined> {
     checkSeed(e, "DataLoader: epoch");
+    const startAt = opts.start ?? 0;
     if (this.#closing !== null) throw new LoaderError("DataLoader: the loader is closed");
     if (this.#active !== null) {
       throw new LoaderError(
@@ -1242,7 +1250,17 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
     stats.startSeconds = (performance.now() - t0) / 1e3;
     if (this.#closing !== null) throw new LoaderError("DataLoader: the loader is closed");
     if (this.#active !== null) throw new LoaderError("DataLoader: another epoch started");
-    const order = this.order(e);
+    const full = this.order(e);
+    if (!Number.isInteger(startAt) || startAt < 0 || startAt > full.length) {
+      throw new LoaderError(
+        `DataLoader: start ${startAt} is outside the epoch's order 0..${full.length}`,
+      );
+    }
+    // resuming mid-epoch: the batches are the next readable examples from `start` on, whatever
+    // the chunking, so they equal those of an uninterrupted epoch
+    const order = full.slice(startAt);
+    const position = new Map(order.map((index, k) => [index, startAt + k]));
+    stats.nextPosition = startAt;
     const eSeed = epochSeed(this.seed, e);
     const run = new EpochRun<T>(backend);
     this.#active = run;
@@ -1312,6 +1330,7 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
         freeExcept(items, batch);
         stats.batches++;
         stats.examples += take.length;
+        stats.nextPosition = position.get(take[take.length - 1].index)! + 1;
         yielded++;
         topUp(); // the next chunks start before the consumer's step
         stats.waitSeconds += (performance.now() - w0) / 1e3;

@@ -130,6 +130,33 @@ Deno.test("batches follow the epoch order, independent of prefetch", async () =>
   assert.deepEqual(first.names, first.indices.map((i) => `synthetic/${i}.png`));
 });
 
+Deno.test("epoch(e, {start}) resumes after any batch with the batches that would have followed", async () => {
+  // unreadable examples make batches span chunks: resuming must still line up
+  const ds = new SyntheticDataset({ n: 29, bad: [3, 7, 8, 20] });
+  const warn = () => {};
+  await using loader = new DataLoader({ dataset: ds, batchSize: 4, seed: 5, warn });
+  await loader.ready();
+  const full: number[][] = [];
+  const positions: number[] = [];
+  for await (const b of loader.epoch(1)) {
+    full.push(b.indices);
+    positions.push(loader.stats.nextPosition);
+    b.free();
+  }
+  assert.ok(full.length >= 5);
+  for (let k = 0; k < full.length; k++) {
+    const rest: number[][] = [];
+    for await (const b of loader.epoch(1, { start: positions[k] })) {
+      rest.push(b.indices);
+      b.free();
+    }
+    assert.deepEqual(rest, full.slice(k + 1), `resuming after batch ${k}`);
+  }
+  await assert.rejects(async () => {
+    for await (const _ of loader.epoch(1, { start: 1000 })) { /* never */ }
+  }, /outside the epoch's order/);
+});
+
 Deno.test("dropLast drops the short last batch; without it the last batch is short", async () => {
   const ds = new SyntheticDataset({ n: 10 });
   const base = liveTensors();
