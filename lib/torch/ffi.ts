@@ -8,7 +8,7 @@
 import { libraryCandidates, NATIVE_ENV } from "../../native/paths.ts";
 
 /** The ABI version this binding expects (DD_ABI_VERSION in native/include/densedino.h). */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 const H = "u32" as const; // tensor / generator handle
 const I = "i32" as const;
@@ -149,6 +149,9 @@ const SYMBOLS = {
   dd_set_data: { parameters: [H, H], result: I },
   dd_is_grad_enabled: { parameters: [], result: I },
 
+  dd_autocast_enter: { parameters: [I, I, B], result: I },
+  dd_autocast_exit: { parameters: [I, I, I], result: I },
+  dd_unscale_grads_: { parameters: [B, I, F], result: I },
   dd_ema_: { parameters: [B, B, I, F], result: I },
   dd_clip_grad_norms_: { parameters: [B, I, F, B], result: I },
   dd_clip_grad_norm_total_: { parameters: [B, I, F, B], result: I },

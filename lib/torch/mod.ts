@@ -124,3 +124,4 @@ export {
   type GradcheckOptions,
   type GradcheckResult,
 } from "./gradcheck.ts";
+export { autocast, type AutocastOptions, GradScaler, type GradScalerOptions } from "./amp.ts";

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define DD_ABI_VERSION 3
+#define DD_ABI_VERSION 4
 
 #if defined(_WIN32)
 #define DD_API __declspec(dllexport)
@@ -265,6 +265,17 @@ DD_API int32_t dd_set_grad_enabled(int32_t flag);          /* returns the previo
  * PyTorch): how a module moves its parameters to another device or dtype in place */
 DD_API int32_t dd_set_data(dd_tensor t, dd_tensor src);
 DD_API int32_t dd_is_grad_enabled(void);
+
+/* ---- mixed precision ------------------------------------------------------------------- */
+/* autocast on device_type (DD_CPU / DD_CUDA) to dtype (DD_BF16 / DD_F16) on this thread;
+ * state_out[0..1] receive the previous enabled flag and dtype, for dd_autocast_exit */
+DD_API int32_t dd_autocast_enter(int32_t device_type, int32_t dtype, int32_t* state_out);
+/* restores the state dd_autocast_enter returned; clears the cast cache when leaving the
+ * outermost region */
+DD_API int32_t dd_autocast_exit(int32_t device_type, int32_t prev_enabled, int32_t prev_dtype);
+/* grads ← grads·inv_scale for every parameter with a gradient; returns 1 when any gradient
+ * holds an inf or NaN (one device sync), 0 otherwise (fp16 loss scaling) */
+DD_API int32_t dd_unscale_grads_(const dd_tensor* params, int32_t n, double inv_scale);
 
 /* ---- per-parameter loops: one call over a list ----------------------------------- */
 /* teacher = m*teacher + (1-m)*student, without autograd */

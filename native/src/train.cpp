@@ -1,5 +1,8 @@
 // Autograd and the per-parameter loops of training (EMA, clipping, optimiser steps), each one
 // call over a list of tensors.
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <cmath>
 
 #include "common.h"
@@ -100,6 +103,76 @@ int32_t dd_set_grad_enabled(int32_t flag) {
   })
 }
 int32_t dd_is_grad_enabled(void) { return at::GradMode::is_enabled() ? 1 : 0; }
+
+namespace {
+at::DeviceType autocast_device(int32_t device_type) {
+  if (device_type == DD_CPU) return at::kCPU;
+  if (device_type == DD_CUDA) return at::kCUDA;
+  throw std::invalid_argument("autocast: unknown device type " + std::to_string(device_type));
+}
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+bool autocast_enabled(at::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
+at::ScalarType autocast_dtype(at::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
+void set_autocast(at::DeviceType d, bool on, at::ScalarType t) {
+  at::autocast::set_autocast_dtype(d, t);
+  at::autocast::set_autocast_enabled(d, on);
+}
+#else
+bool autocast_enabled(at::DeviceType d) {
+  return d == at::kCUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+}
+at::ScalarType autocast_dtype(at::DeviceType d) {
+  return d == at::kCUDA ? at::autocast::get_autocast_gpu_dtype()
+                        : at::autocast::get_autocast_cpu_dtype();
+}
+void set_autocast(at::DeviceType d, bool on, at::ScalarType t) {
+  if (d == at::kCUDA) {
+    at::autocast::set_autocast_gpu_dtype(t);
+    at::autocast::set_enabled(on);
+  } else {
+    at::autocast::set_autocast_cpu_dtype(t);
+    at::autocast::set_cpu_enabled(on);
+  }
+}
+#endif
+}  // namespace
+
+int32_t dd_autocast_enter(int32_t device_type, int32_t dtype, int32_t* state_out) {
+  DD_STATUS({
+    auto d = autocast_device(device_type);
+    auto t = dd::scalar_type(dtype);
+    if (t != at::kBFloat16 && t != at::kHalf)
+      throw std::invalid_argument("autocast dtype must be bfloat16 or float16");
+    state_out[0] = autocast_enabled(d) ? 1 : 0;
+    state_out[1] = static_cast<int32_t>(autocast_dtype(d));
+    set_autocast(d, true, t);
+    at::autocast::increment_nesting();
+    return 0;
+  })
+}
+
+int32_t dd_autocast_exit(int32_t device_type, int32_t prev_enabled, int32_t prev_dtype) {
+  DD_STATUS({
+    auto d = autocast_device(device_type);
+    set_autocast(d, prev_enabled != 0, dd::scalar_type(prev_dtype));
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    return 0;
+  })
+}
+
+int32_t dd_unscale_grads_(const dd_tensor* params, int32_t n, double inv_scale) {
+  DD_STATUS({
+    at::NoGradGuard no_grad;
+    auto w = with_grad(params, n);
+    if (w.grads.empty()) return 0;
+    at::_foreach_mul_(w.grads, inv_scale);
+    // one reduction over all gradients, one sync: any non-finite value anywhere
+    std::vector<at::Tensor> bad;
+    for (auto& g : w.grads) bad.push_back(g.isfinite().logical_not().any().reshape({1}));
+    return at::cat(bad).any().item<bool>() ? 1 : 0;
+  })
+}
 
 int32_t dd_ema_(const dd_tensor* teacher, const dd_tensor* student, int32_t n, double momentum) {
   DD_STATUS({
