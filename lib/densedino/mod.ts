@@ -98,3 +98,21 @@ export {
   type LossStep,
   softmaxEntropy,
 } from "./loss.ts";
+export {
+  checkResumable,
+  ConfigError,
+  DEFAULT_TRAIN_CONFIG,
+  type Method,
+  type Precision,
+  resolveTrainConfig,
+  RESUME_INVARIANTS,
+  type TrainConfig,
+} from "./config.ts";
+export { openTrainDataset, trainSource, type TrainSourceOptions, trainSourceSpec } from "./data.ts";
+export {
+  type StepStats,
+  Trainer,
+  type TrainerHooks,
+  TrainError,
+  type TrainSummary,
+} from "./trainer.ts";
