@@ -6,6 +6,11 @@
  * - `matmul`: 1024×1024 float32 matmul — ratio ≤ 1.05 (within 5%);
  * - `vit_step`: a DenseDINO training step of vit_tiny (and its forward alone) — ratio ≤ 1.0.
  *
+ * Optional, Deno-only benchmarks (no comparator; not in the default `--only` list, run once,
+ * not in rounds): `views` (`bench/views.ts`) — DenseDINO views + augmentation throughput and
+ * the training step's wait for data with the loader feeding a real step — target: wait ≤ 5%
+ * of the step time.
+ *
  * The Deno and Python processes alternate (ours, PyTorch, ours, PyTorch, …) so both sides see
  * the same machine conditions, and run with the same libtorch intra-op thread count and the
  * same OPENBLAS_NUM_THREADS. Prints a table and, last, one JSON line on stdout; progress on
@@ -18,6 +23,7 @@
 import { parseArgs } from "node:util";
 import { dirname, relative, resolve } from "node:path";
 import { type BenchReport, fmt, median, parseThreads, positiveInt } from "./common.ts";
+import { loaderSummary, loaderTable, throughputTable, type ViewsReport } from "./_views_report.ts";
 import {
   checkPython,
   type ChildSpec,
@@ -114,8 +120,23 @@ export const BENCHES: readonly BenchSpec[] = [
   },
 ];
 
+/** A Deno-only benchmark without a comparator: run once, its own report and table. */
+export interface StandaloneSpec {
+  name: string;
+  /** Deno script, relative to the repository root */
+  ts: string;
+  /** what the target means, for the help */
+  targetText: string;
+}
+
+/** The optional Deno-only benchmarks (`--only` names them; none runs by default). */
+export const STANDALONE: readonly StandaloneSpec[] = [
+  { name: "views", ts: "bench/views.ts", targetText: "loader wait ≤ 5% of the step" },
+];
+
 const FLAGS = {
   only: { type: "string", default: BENCHES.map((b) => b.name).join(",") },
+  "views-args": { type: "string", default: "" },
   rounds: { type: "string", default: "5" },
   reps: { type: "string", default: "5" },
   ops: { type: "string", default: "200000" },
@@ -139,7 +160,10 @@ const HELP = `Usage: deno run -A bench/run.ts [flags]     (or: deno task bench)
 
 Runs each benchmark and its PyTorch comparator alternately and prints ours / PyTorch ratios.
 
-  --only LIST          benchmarks to run, comma-separated (default ${FLAGS.only.default})
+  --only LIST          benchmarks to run, comma-separated (default ${FLAGS.only.default});
+                       optional, Deno-only (no comparator, run once whatever --rounds):
+                       views (DenseDINO views throughput + the loader's wait share of a
+                       real DenseDINO step; about 3 minutes), e.g. --only views
   --rounds N           process pairs per benchmark, run ours, PyTorch, ours, … (default ${FLAGS.rounds.default})
   --reps N             op_overhead: timed loops per process (default ${FLAGS.reps.default})
   --ops N              op_overhead: adds per timed loop (default ${FLAGS.ops.default})
@@ -149,6 +173,9 @@ Runs each benchmark and its PyTorch comparator alternately and prints ours / PyT
   FLAGS["vit-reps"].default
 })
   --vit-warmup N       vit_step: untimed calls first (default ${FLAGS["vit-warmup"].default})
+  --views-args=ARGS    views: further flags for bench/views.ts, space-separated; write it with
+                       "=", e.g. --views-args="--workers 0,1 --rounds 2" (default none; see
+                       deno run -A bench/views.ts --help)
   --threads N|auto     libtorch intra-op threads on both sides; auto = our library's default,
                        read from the first Deno process and then set on both (default ${FLAGS.threads.default})
   --blas-threads N|inherit
@@ -255,13 +282,15 @@ async function main(): Promise<number> {
     return 0;
   }
   const only = values.only.split(",").map((s) => s.trim()).filter((s) => s);
-  const benches = only.map((name) => {
-    const b = BENCHES.find((x) => x.name === name);
-    if (!b) {
-      throw new Error(`--only: unknown benchmark ${name}; known: ${BENCHES.map((x) => x.name)}`);
+  const known = [...BENCHES, ...STANDALONE].map((x) => x.name);
+  for (const name of only) {
+    if (!known.includes(name)) {
+      throw new Error(`--only: unknown benchmark ${name}; known: ${known}`);
     }
-    return b;
-  });
+  }
+  const benches = BENCHES.filter((b) => only.includes(b.name));
+  const standalone = STANDALONE.filter((b) => only.includes(b.name));
+  const viewsArgs = values["views-args"].split(/\s+/).filter((a) => a !== "");
   const rounds = positiveInt(values.rounds, "rounds");
   const retries = Number(values.retries);
   if (!Number.isInteger(retries) || retries < 0) throw new Error("--retries must be >= 0");
@@ -278,8 +307,9 @@ async function main(): Promise<number> {
     : positiveInt(values["blas-threads"], "blas-threads");
   const python = values.python;
 
-  const py = await checkPython(python);
-  if (!py.ok) {
+  // the comparator is needed only by the benchmarks that have one
+  const py = benches.length > 0 ? await checkPython(python) : null;
+  if (py !== null && !py.ok) {
     console.error(missingTorchMessage(python, py.reason));
     return 2;
   }
@@ -287,7 +317,8 @@ async function main(): Promise<number> {
   const git = await gitState();
   const loadStart = Deno.loadavg();
   log(
-    `comparator: ${python} (torch ${py.torch}); ${navigator.hardwareConcurrency} CPUs; ` +
+    `comparator: ${py === null ? "not needed" : `${python} (torch ${py.torch})`}; ` +
+      `${navigator.hardwareConcurrency} CPUs; ` +
       `load average ${loadStart.map((x) => x.toFixed(2)).join(" ")}`,
   );
 
@@ -395,6 +426,33 @@ async function main(): Promise<number> {
     }
   }
 
+  // the Deno-only benchmarks: one process each
+  const standaloneReports: Record<string, ViewsReport> = {};
+  for (const b of standalone) {
+    const spec: ChildSpec = {
+      side: "densedino",
+      script: b.ts,
+      args: ["--threads", threads === null ? "auto" : String(threads), ...viewsArgs],
+      python,
+      blasThreads,
+    };
+    log(`${b.name}: ${commandLine(spec).join(" ")}`);
+    commands.push(commandLine(spec).join(" "));
+    const rep = await runChildRetrying(spec, retries, (err, n) => {
+      warnings.push(`${b.name} retried after failure ${n}: ${err.message.split("\n")[0]}`);
+      console.error(`[bench] ${err.message}\n[bench] retrying (${n}/${retries})`);
+    }) as unknown as ViewsReport;
+    standaloneReports[b.name] = rep;
+    if (threads === null) threads = rep.threads.intraOp;
+    if (threadsSeen === null) threadsSeen = rep.threads;
+    if (rep.threads.intraOp !== threads || rep.threads.blas !== threadsSeen.blas) {
+      warnings.push(
+        `${b.name}: threads intra-op ${rep.threads.intraOp}, OpenBLAS ${rep.threads.blas}, ` +
+          `expected ${threads} / ${threadsSeen.blas}`,
+      );
+    }
+  }
+
   const loadEnd = Deno.loadavg();
   const unit = (u: string): string => u === "us" ? "µs" : u;
   const withRss = rows.some((r) => r.oursPeakRssMiB !== null || r.pytorchPeakRssMiB !== null);
@@ -430,15 +488,52 @@ async function main(): Promise<number> {
     ]),
   ], 2);
   const th = threadsSeen!;
-  const threadLine = `threads: libtorch intra-op ${threads} on both sides; OpenBLAS ${th.blas} ` +
+  const threadLine =
+    `threads: libtorch intra-op ${threads}${
+      benches.length > 0 ? " on both sides" : ""
+    }; OpenBLAS ${th.blas} ` +
     `(OPENBLAS_NUM_THREADS=${blasThreads ?? th.env.OPENBLAS_NUM_THREADS ?? "unset"}); ` +
     `${th.blasConfig ?? "no OpenBLAS"}`;
-  console.log(
-    `\n${table}\n\nratio = ours / PyTorch, medians over ${rounds} alternating process pairs; ` +
-      `lower is better.\npaired = median over those pairs of the per-pair ratio (informational).\n${threadLine}\nload average: start ${
-        loadStart.map((x) => x.toFixed(2)).join(" ")
-      }, end ${loadEnd.map((x) => x.toFixed(2)).join(" ")}\n`,
-  );
+  const loadLine = `load average: start ${loadStart.map((x) => x.toFixed(2)).join(" ")}, end ${
+    loadEnd.map((x) => x.toFixed(2)).join(" ")
+  }`;
+  if (rows.length > 0) {
+    console.log(
+      `\n${table}\n\nratio = ours / PyTorch, medians over ${rounds} alternating process pairs; ` +
+        `lower is better.\npaired = median over those pairs of the per-pair ratio (informational).`,
+    );
+  }
+  const views = standaloneReports.views;
+  if (views !== undefined) {
+    if (views.throughput.length > 0) {
+      console.log(
+        `\nviews: views + augmentation in the main thread, per image (get = read + decode)\n` +
+          throughputTable(views.throughput),
+      );
+    }
+    if (views.loader.length > 0) {
+      console.log(
+        `\nviews: the loader feeding a DenseDINO step (wait/step = mean wait for a batch / mean ` +
+          `step; * = above ${100 * views.target.waitShare}%)\n${
+            loaderTable(loaderSummary(views.loader))
+          }\n` +
+          views.verdicts.map((v) =>
+            `${v.data}/${v.config}: ${
+              v.minWorkers === null
+                ? "MISS (no measured worker count meets the target)"
+                : `PASS with ${v.minWorkers} worker(s)`
+            }`
+          ).join("\n"),
+      );
+      if (views.loader.some((r) => (r.otherCores ?? 0) > 0.25)) {
+        const msg = "views: other processes kept more than a quarter of a core busy during some " +
+          "rows (column 'other cores'): their step times, wait shares and loop/alone are not " +
+          "comparable";
+        warnings.push(msg);
+      }
+    }
+  }
+  console.log(`\n${threadLine}\n${loadLine}\n`);
   for (const w of warnings) console.log(`WARNING: ${w}`);
 
   const primary = rows.filter((r) => r.target !== null);
@@ -456,6 +551,7 @@ async function main(): Promise<number> {
       loadavgEnd: loadEnd,
     },
     settings: {
+      viewsArgs,
       rounds,
       reps,
       ops,
@@ -471,6 +567,7 @@ async function main(): Promise<number> {
     rows,
     warnings,
     reports,
+    standalone: standaloneReports,
   };
   await Deno.mkdir(dirname(outPath), { recursive: true });
   await Deno.writeTextFile(outPath, JSON.stringify(full, null, 2) + "\n");
@@ -494,13 +591,26 @@ async function main(): Promise<number> {
         : {}),
     };
   }
+  if (views !== undefined) {
+    summary.views = {
+      waitShare: Object.fromEntries(
+        views.verdicts.map((v) => [`${v.data}/${v.config}`, v.waitShare]),
+      ),
+      minWorkers: Object.fromEntries(
+        views.verdicts.map((v) => [`${v.data}/${v.config}`, v.minWorkers]),
+      ),
+      target: views.target.waitShare,
+      pass: views.pass,
+    };
+  }
+  const pass = primary.every((r) => r.pass) && (views === undefined || views.pass);
   console.log(JSON.stringify({
     ...summary,
     threads: { intraOp: threads, blas: th.blas },
-    pass: primary.every((r) => r.pass),
+    pass,
     results: relative(ROOT, outPath),
   }));
-  return values.strict && !primary.every((r) => r.pass) ? 1 : 0;
+  return values.strict && !pass ? 1 : 0;
 }
 
 if (import.meta.main) {

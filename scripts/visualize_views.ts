@@ -6,7 +6,20 @@
  * deno run -A scripts/visualize_views.ts --image photo.jpg --out runs/views --seed 0
  * deno run -A scripts/visualize_views.ts --image photo.jpg --out runs/views --local-crops 0 \
  *   --global-crops 4 --num-ref 9 --sampling grid
+ * deno run -A scripts/visualize_views.ts --data fashion-scenes --index 17 --out runs/scene17 \
+ *   --global-size 64 --local-size 32
  * ```
+ *
+ * The image is `--image PATH` (PNG or JPEG), or with `--data fashion-scenes --index I` scene I
+ * of the generated fashion-scenes set given by `--split`, `--count`, `--scene-seed` and
+ * `--scene-size` (the data set's defaults: the cached set is reused, or generated once and
+ * cached under $DENSEDINO_CACHE).
+ *
+ * The geometry's seed: with `--image`, `new GeometryRng(seed)`. With `--data`, the seed the
+ * training loader gives that example, `new GeometryRng(exampleSeed(epochSeed(seed, epoch),
+ * index))`: the views are exactly the geometry (crops, flips, reference points) that
+ * `multiCropTransform` draws for scene I in epoch `--epoch` of a `DataLoader` with `seed:
+ * --seed` and the same view options; the photometric augmentations are not applied here.
  *
  * Writes into `--out` (created if missing):
  * - `view_NN_global.png` / `view_NN_local.png`: each view (crop, bicubic antialiased resize,
@@ -19,8 +32,13 @@
  *   views in rows below.
  * - `views.json`: `{"image": {"width", "height"}, "views": [{"kind", "box": [x1, y1, x2, y2],
  *   "size": [h, w], "flip", "file"}], "teacher_points": [G][G+L][M][2], "student_points":
- *   [G+L][G][M][2], "stats", "seed", "source", "options"}`, points as (x, y) in the view's
- *   grid_sample coordinates ([−1, 1], align_corners=false, after the flip).
+ *   [G+L][G][M][2], "stats", "seed", "geometry_seed", "geometry", "source", "options"}`,
+ *   points as (x, y) in the view's grid_sample coordinates ([−1, 1], align_corners=false, after
+ *   the flip). `geometry_seed` is the GeometryRng's seed and `geometry` how it came from `seed`;
+ *   `source` is `{"kind": "image", "name": PATH}` or, for a scene, `{"kind": "fashion-scenes",
+ *   "name": "fashion-scenes/SPLIT/I", "index", "epoch", "label", "class", "items", "options",
+ *   "cache"}` (the scene's image label and class, its items in drawing order, the set's options
+ *   and its cache file).
  *
  * Progress goes to stderr; the last line on stdout is JSON: `{"out", "views", "files",
  * "contact_sheet", "json", "stats", "seconds"}`. Exit code 2 on bad flags or input, 1 on other
@@ -31,7 +49,12 @@
 import { parseArgs } from "node:util";
 import {
   applyViews,
+  DatasetError,
   DEFAULT_VIEW_OPTIONS,
+  epochSeed,
+  exampleSeed,
+  FashionScenes,
+  type FashionScenesOptions,
   fromTypedArray,
   GeometryRng,
   ImageError,
@@ -70,7 +93,51 @@ const FLAGS: Record<string, Flag> = {
     arg: "PATH",
     type: "string",
     help: "the image to sample views of (PNG or JPEG)",
-    shown: "required",
+    shown: "required unless --data",
+  },
+  "data": {
+    arg: "NAME",
+    type: "string",
+    help: "take the image from a data set instead: fashion-scenes (with --index)",
+    shown: "none",
+  },
+  "index": {
+    arg: "I",
+    type: "string",
+    help: "--data: the example to take, 0 ≤ I < the set's size",
+    shown: "required with --data",
+  },
+  "split": {
+    arg: "S",
+    type: "string",
+    default: "train",
+    help: "--data fashion-scenes: train (Fashion-MNIST train items) or val (test items)",
+  },
+  "count": {
+    arg: "N",
+    type: "string",
+    help: "--data fashion-scenes: scenes in the set (a set is generated once per split, count, " +
+      "seed and size, then read from the cache)",
+    shown: "the data set's: 10000 for train, 2000 for val",
+  },
+  "scene-seed": {
+    arg: "N",
+    type: "string",
+    default: "0",
+    help: "--data fashion-scenes: seed of the generated set (not of the views)",
+  },
+  "scene-size": {
+    arg: "N",
+    type: "string",
+    default: "96",
+    help: "--data fashion-scenes: canvas side in pixels",
+  },
+  "epoch": {
+    arg: "E",
+    type: "string",
+    default: "0",
+    help: "--data: show the views the training loader draws for the example in epoch E " +
+      "(geometry seed exampleSeed(epochSeed(--seed, E), I))",
   },
   "out": {
     arg: "DIR",
@@ -78,7 +145,12 @@ const FLAGS: Record<string, Flag> = {
     help: "output directory (created if missing; files in it are overwritten)",
     shown: "required",
   },
-  "seed": { arg: "N", type: "string", default: "0", help: "seed of the view geometry" },
+  "seed": {
+    arg: "N",
+    type: "string",
+    default: "0",
+    help: "seed of the view geometry (with --data: the loader's seed, ≥ 0)",
+  },
   "global-crops": {
     arg: "G",
     type: "string",
@@ -159,10 +231,16 @@ const FLAGS: Record<string, Flag> = {
 function helpText(): string {
   const lines = [
     `Usage: deno run -A scripts/${NAME}.ts --image PATH --out DIR [flags]`,
+    `       deno run -A scripts/${NAME}.ts --data fashion-scenes --index I --out DIR [flags]`,
     "",
     "Samples DenseDINO views (crops, flips, reference points) of one image and writes each view",
     "with its reference points drawn, a contact sheet and views.json. Progress on stderr; the",
     "last stdout line is JSON.",
+    "",
+    "Geometry seed: with --image, GeometryRng(--seed); with --data, the training loader's seed",
+    "for the example, GeometryRng(exampleSeed(epochSeed(--seed, --epoch), --index)), so the",
+    "views are the geometry multiCropTransform draws for it in that epoch of a DataLoader with",
+    "seed --seed (photometric augmentations are not applied).",
     "",
     "Flags:",
   ];
@@ -203,8 +281,13 @@ function pair(flag: string, value: string): [number, number] {
   return [number(flag, parts[0]), number(flag, parts[1])];
 }
 
+/** The data sets `--data` takes. */
+const DATA_SETS = ["fashion-scenes"] as const;
+
 /** Where the image comes from: one variant per source. */
-type Source = { kind: "image"; path: string };
+type Source =
+  | { kind: "image"; path: string }
+  | { kind: "fashion-scenes"; index: number; epoch: number; scenes: FashionScenesOptions };
 
 interface Config {
   source: Source;
@@ -231,7 +314,40 @@ function parseFlags(args: string[]): Config | null {
   const given = (k: string): boolean => str(k) !== null;
 
   const image = str("image");
-  if (image === null || image === "") throw new UsageError("--image PATH is required");
+  const data = str("data");
+  const dataFlags = ["index", "split", "count", "scene-seed", "scene-size", "epoch"];
+  let source: Source;
+  if (data === null) {
+    if (image === null || image === "") {
+      throw new UsageError("--image PATH (or --data fashion-scenes --index I) is required");
+    }
+    const stray = dataFlags.find(given);
+    if (stray !== undefined) throw new UsageError(`--${stray} needs --data`);
+    source = { kind: "image", path: image };
+  } else {
+    if (image !== null) throw new UsageError("give --image or --data, not both");
+    if (!(DATA_SETS as readonly string[]).includes(data)) {
+      throw new UsageError(`--data must be one of ${DATA_SETS.join(", ")}, got "${data}"`);
+    }
+    const index = str("index");
+    if (index === null) throw new UsageError(`--data ${data} needs --index I`);
+    const split = str("split") ?? FLAGS.split.default!;
+    if (split !== "train" && split !== "val") {
+      throw new UsageError(`--split must be train or val, got "${split}"`);
+    }
+    const scenes: FashionScenesOptions = {
+      split,
+      seed: integer("scene-seed", str("scene-seed") ?? FLAGS["scene-seed"].default!, 0),
+      size: integer("scene-size", str("scene-size") ?? FLAGS["scene-size"].default!, 8),
+    };
+    if (given("count")) scenes.count = integer("count", str("count")!, 1);
+    source = {
+      kind: "fashion-scenes",
+      index: integer("index", index, 0),
+      epoch: integer("epoch", str("epoch") ?? FLAGS.epoch.default!, 0),
+      scenes,
+    };
+  }
   const out = str("out");
   if (out === null || out === "") throw new UsageError("--out DIR is required");
 
@@ -259,24 +375,78 @@ function parseFlags(args: string[]): Config | null {
     if (e instanceof RangeError) throw new UsageError(e.message);
     throw e;
   }
+  const seedMin = source.kind === "image" ? -Infinity : 0;
   return {
-    source: { kind: "image", path: image },
+    source,
     out,
-    seed: integer("seed", str("seed") ?? FLAGS.seed.default!, -Infinity),
+    seed: integer("seed", str("seed") ?? FLAGS.seed.default!, seedMin),
     views,
   };
 }
 
-/** The image [3, H, W] in [0, 1] and a name for it. */
-async function loadSource(src: Source): Promise<{ image: Tensor; name: string }> {
+/** What {@link loadSource} returns. */
+interface Loaded {
+  /** the image [3, H, W] in [0, 1] (the caller frees it) */
+  image: Tensor;
+  /** a name for it (a path, or the data set's name of the example) */
+  name: string;
+  /** the seed of the view geometry's GeometryRng and how it was derived */
+  geometrySeed: number;
+  geometry: string;
+  /** facts about the example for views.json's `source` */
+  details: Record<string, unknown>;
+}
+
+/** The image, its name and the geometry's seed (see the module notes). */
+async function loadSource(src: Source, seed: number): Promise<Loaded> {
   switch (src.kind) {
     case "image":
       try {
-        return { image: await loadImage(src.path), name: src.path };
+        return {
+          image: await loadImage(src.path),
+          name: src.path,
+          geometrySeed: seed,
+          geometry: "GeometryRng(seed)",
+          details: {},
+        };
       } catch (e) {
         if (e instanceof ImageError) throw new UsageError(`--image: ${e.message}`);
         throw e;
       }
+    case "fashion-scenes": {
+      let ds: FashionScenes;
+      try {
+        ds = await FashionScenes.open(src.scenes);
+      } catch (e) {
+        if (e instanceof RangeError || e instanceof DatasetError) {
+          throw new UsageError(`--data fashion-scenes: ${e.message}`);
+        }
+        throw e;
+      }
+      if (src.index >= ds.length) {
+        throw new UsageError(
+          `--index ${src.index} is out of range: the ${ds.options.split} set has ${ds.length} ` +
+            `scenes (0..${ds.length - 1}; --count sets its size)`,
+        );
+      }
+      const { image, mask, label } = await ds.get(src.index);
+      mask?.free();
+      return {
+        image,
+        name: ds.nameOf(src.index),
+        geometrySeed: exampleSeed(epochSeed(seed, src.epoch), src.index),
+        geometry: "GeometryRng(exampleSeed(epochSeed(seed, epoch), index))",
+        details: {
+          index: src.index,
+          epoch: src.epoch,
+          label,
+          class: label === undefined ? null : ds.classes[label],
+          items: ds.items(src.index),
+          options: ds.options,
+          cache: ds.cachePath,
+        },
+      };
+    }
   }
 }
 
@@ -485,11 +655,14 @@ async function main(args: string[]): Promise<number> {
   } catch (e) {
     throw new UsageError(`--out: cannot create directory ${cfg.out}: ${(e as Error).message}`);
   }
-  const { image, name } = await loadSource(cfg.source);
+  const { image, name, geometrySeed, geometry, details } = await loadSource(cfg.source, cfg.seed);
   try {
     const [H, W] = [image.size(1), image.size(2)];
-    log(`${name}: ${W}×${H}, seed ${cfg.seed}`);
-    const plan = sampleViews(W, H, cfg.views, new GeometryRng(cfg.seed));
+    log(
+      `${name}: ${W}×${H}, seed ${cfg.seed}` +
+        (cfg.source.kind === "image" ? "" : ` (geometry seed ${geometrySeed} = ${geometry})`),
+    );
+    const plan = sampleViews(W, H, cfg.views, new GeometryRng(geometrySeed));
     const { redraws, fallbacks, unmet } = plan.stats;
     log(
       `${plan.globalCrops} global + ${plan.localCrops} local views, ${plan.numRef} points per ` +
@@ -518,7 +691,9 @@ async function main(args: string[]): Promise<number> {
       student_points: json.student_points,
       stats: json.stats,
       seed: cfg.seed,
-      source: { kind: cfg.source.kind, name },
+      geometry_seed: geometrySeed,
+      geometry,
+      source: { kind: cfg.source.kind, name, ...details },
       options: cfg.views,
       contact_sheet: sheetFile,
     };

@@ -10,8 +10,13 @@ import {
   applyViews,
   applyViewsBatch,
   batchPoints,
+  collateMultiCrop,
   type CropRandom,
+  DataLoader,
   DEFAULT_VIEW_OPTIONS,
+  epochSeed,
+  exampleSeed,
+  FashionScenes,
   fromTypedArray,
   GeometryRng,
   gridSample,
@@ -19,6 +24,7 @@ import {
   liveHandles,
   loadImage,
   MAX_NUM_REF,
+  multiCropTransform,
   overlapThreshold,
   pointTensors,
   randomResizedCropParams,
@@ -696,10 +702,13 @@ Deno.test("bad input names the option and its flag", async (t) => {
 
 const SCRIPT = new URL("../../scripts/visualize_views.ts", import.meta.url).pathname;
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function run(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -787,12 +796,116 @@ Deno.test("visualize_views.ts", async (t) => {
       sheet.free();
     });
 
+    await t.step(
+      "--data fashion-scenes --index: a generated scene, the loader's geometry",
+      async () => {
+        // a tiny set in a private cache, so the test neither needs nor touches the real one
+        const env = { DENSEDINO_CACHE: `${dir}/cache` };
+        const out = `${dir}/scene`;
+        const views: ViewSamplerOptions = {
+          globalSize: 32,
+          localCrops: 2,
+          localSize: 16,
+          localScale: [0.1, 0.4],
+        };
+        const flags = [
+          "--data",
+          "fashion-scenes",
+          "--count",
+          "8",
+          "--seed",
+          "5",
+          "--epoch",
+          "1",
+          "--global-size",
+          "32",
+          "--local-crops",
+          "2",
+          "--local-size",
+          "16",
+          "--local-scale",
+          "0.1,0.4",
+        ];
+        const r = await run([...flags, "--index", "3", "--out", out], env);
+        assert.equal(r.code, 0, r.stderr);
+        const doc = JSON.parse(await Deno.readTextFile(`${out}/views.json`));
+        assert.deepEqual(doc.image, { width: 96, height: 96 });
+        assert.equal(doc.views.length, 4);
+        assert.equal(doc.source.kind, "fashion-scenes");
+        assert.equal(doc.source.name, "fashion-scenes/train/3");
+        assert.equal(doc.source.index, 3);
+        assert.equal(doc.source.epoch, 1);
+        assert.equal(doc.source.options.count, 8);
+        assert.equal(doc.geometry_seed, exampleSeed(epochSeed(5, 1), 3));
+
+        // the scene of the set FashionScenes.open gives (read back from the script's cache) …
+        const ds = await FashionScenes.open({
+          count: 8,
+          cacheDir: `${dir}/cache/fashion-scenes`,
+          quiet: true,
+        });
+        assert.ok(ds.fromCache, "the script cached the set under $DENSEDINO_CACHE");
+        assert.equal(doc.source.cache, ds.cachePath);
+        assert.equal(doc.source.label, ds.labels[3]);
+        assert.deepEqual(doc.source.items, ds.items(3));
+        // … and the geometry multiCropTransform draws for it in epoch 1 of a loader seeded 5
+        const loader = new DataLoader({
+          dataset: ds,
+          transform: multiCropTransform(views),
+          batchSize: 8,
+          seed: 5,
+          collate: collateMultiCrop,
+        });
+        try {
+          for await (const batch of loader.epoch(1)) {
+            const want = viewPlanToJson(batch.plans[batch.indices.indexOf(3)]);
+            batch.free();
+            assert.deepEqual(
+              doc.views.map((v: Record<string, unknown>) => ({ ...v, file: undefined })),
+              want.views.map((v) => ({ ...v, file: undefined })),
+            );
+            assert.deepEqual(doc.teacher_points, want.teacher_points);
+            assert.deepEqual(doc.student_points, want.student_points);
+          }
+        } finally {
+          await loader.close();
+        }
+
+        // another scene of the same set comes from the cache; out of range / misuse exit 2
+        const r2 = await run([...flags, "--index", "7", "--out", `${dir}/scene7`], env);
+        assert.equal(r2.code, 0, r2.stderr);
+        assert.match(r2.stderr, /from the cache/);
+        const cases: [string[], RegExp][] = [
+          [[...flags, "--index", "8"], /--index 8 is out of range.*8 scenes/],
+          [["--data", "fashion-scenes"], /--index/],
+          [["--data", "voc", "--index", "0"], /--data must be one of fashion-scenes/],
+          [["--data", "fashion-scenes", "--index", "0", "--image", png], /not both/],
+          [["--image", png, "--index", "0"], /--index needs --data/],
+          [["--data", "fashion-scenes", "--index", "0", "--split", "test"], /--split/],
+          [
+            ["--data", "fashion-scenes", "--index", "0", "--seed=-1"],
+            /--seed must be an integer ≥ 0/,
+          ],
+        ];
+        for (const [args, re] of cases) {
+          const b = await run([...args, "--out", `${dir}/bad`], env);
+          assert.equal(b.code, 2, `${args}: ${b.stderr}`);
+          assert.match(b.stderr, re);
+        }
+      },
+    );
+
     await t.step("--help lists every flag with its default", async () => {
       const r = await run(["--help"]);
       assert.equal(r.code, 0);
       for (
         const f of [
           "--image",
+          "--data",
+          "--index",
+          "--split",
+          "--count",
+          "--epoch",
           "--out",
           "--seed",
           "--global-crops",
