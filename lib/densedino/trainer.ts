@@ -184,9 +184,11 @@ export class Trainer {
     const cfg = resolveTrainConfig(opts);
     const log = hooks.log ?? ((m: string) => console.error(m));
     await prepareOut(cfg);
+    await removeStaleTemporaries(cfg.out, log);
     if (cfg.resume) {
+      // an early check against the sidecar; restoring checks the checkpoint's own copy again
       const saved = await readSidecar(cfg.out);
-      checkResumable(saved.config, cfg, `${cfg.out}/${SIDECAR}`);
+      if (saved) checkResumable(saved.config, cfg, `${cfg.out}/${SIDECAR}`);
     }
     if (cfg.threads > 0) setNumThreads(cfg.threads);
     manualSeed(cfg.seed);
@@ -295,6 +297,10 @@ export class Trainer {
       lastLayer,
     }, hooks);
     await Deno.writeTextFile(`${cfg.out}/config.json`, JSON.stringify(cfg, null, 2) + "\n");
+    // a fresh run starts a fresh log; a resumed one appends, after a line cut off by a crash
+    // is dropped (else the next record would be glued to it)
+    if (cfg.resume) await dropPartialLine(`${cfg.out}/log.jsonl`);
+    else await Deno.remove(`${cfg.out}/log.jsonl`).catch(() => {});
     if (cfg.resume) await t.#restore();
     return t;
   }
@@ -450,7 +456,10 @@ export class Trainer {
           if (cfg.maxIters > 0 && this.iteration >= cfg.maxIters) break; // a smoke run's end
         }
         wait += this.loader.stats.waitSeconds;
-        const finished = this.loader.stats.complete;
+        // a maxIters stop on the epoch's last batch leaves the loader unfinished, yet no full
+        // batch is left (drop_last): the epoch is complete (so the checkpoint says the next epoch)
+        const finished = this.loader.stats.complete ||
+          this.position >= this.itersPerEpoch * cfg.batchSize;
         if (finished) {
           this.epoch++;
           this.position = 0;
@@ -478,7 +487,10 @@ export class Trainer {
     }
     const seconds = (performance.now() - t0) / 1e3;
     const lossCurve = `${cfg.out}/loss.png`;
-    await this.#plotLoss(lossCurve);
+    // the plot is a by-product: failing to draw it must not fail a finished run
+    await this.#plotLoss(lossCurve).catch((e) =>
+      this.#log(`warning: could not draw ${lossCurve}: ${(e as Error).message}`)
+    );
     return {
       epochs: this.epoch,
       iterations: this.iteration,
@@ -525,10 +537,12 @@ export class Trainer {
     const text = JSON.stringify(sidecar, null, 2) + "\n";
     try {
       // the sidecar also travels inside the safetensors metadata, so the checkpoint file alone is
-      // self-consistent even if a crash separates the two writes
+      // self-consistent even if a crash separates the writes; the sidecar comes last, so once it
+      // exists all three files do (a crash leaves the sidecar no newer than the checkpoint and
+      // the teacher backbone at most one save ahead of it)
+      await saveModule(`${cfg.out}/${TEACHER_BACKBONE}`, this.teacher.backbone);
       await saveSafetensors(`${cfg.out}/${CHECKPOINT}`, tensors, { densedino: text });
       await writeAtomic(`${cfg.out}/${SIDECAR}`, text);
-      await saveModule(`${cfg.out}/${TEACHER_BACKBONE}`, this.teacher.backbone);
     } finally {
       rng.free();
     }
@@ -581,7 +595,10 @@ export class Trainer {
   async #plotLoss(path: string): Promise<void> {
     const cfg = this.config;
     const records = (await readJsonl(`${cfg.out}/log.jsonl`)) as Record<string, number | string>[];
-    const its = records.filter((r) => r.type === "iter");
+    // iterations redone after a resume were logged twice: the last record of each counts
+    const byIteration = new Map<number, Record<string, number | string>>();
+    for (const r of records) if (r.type === "iter") byIteration.set(Number(r.iteration), r);
+    const its = [...byIteration.values()].sort((a, b) => Number(a.iteration) - Number(b.iteration));
     if (its.length === 0) return;
     const x = its.map((r) => Number(r.iteration));
     const series = [{ name: "total", x, y: its.map((r) => Number(r.loss)) }];
@@ -627,11 +644,52 @@ async function prepareOut(cfg: TrainConfig): Promise<void> {
   }
 }
 
-async function readSidecar(out: string): Promise<{ config: TrainConfig }> {
+/**
+ * Removes the temporary files of checkpoint writes that a killed run left behind (they are never
+ * read: only the renamed files count). A file whose writer is still alive (Linux `/proc`) stays.
+ */
+async function removeStaleTemporaries(out: string, log: (m: string) => void): Promise<void> {
+  const names = [CHECKPOINT, SIDECAR, TEACHER_BACKBONE].map((n) => n.replaceAll(".", "\\."));
+  const pattern = new RegExp(`^(?:${names.join("|")})\\.tmp-(\\d+)-`);
+  for await (const e of Deno.readDir(out)) {
+    const m = pattern.exec(e.name);
+    if (!m || !e.isFile || Number(m[1]) === Deno.pid) continue;
+    if (await Deno.stat(`/proc/${m[1]}`).then(() => true, () => false)) continue;
+    await Deno.remove(`${out}/${e.name}`).then(
+      () => log(`removed ${out}/${e.name}, left by an interrupted checkpoint write`),
+      () => {},
+    );
+  }
+}
+
+/** Truncates `path` after its last newline (a record cut off by a crash); no file: nothing. */
+async function dropPartialLine(path: string): Promise<void> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch {
+    return;
+  }
+  if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a) {
+    await Deno.truncate(path, bytes.lastIndexOf(0x0a) + 1);
+  }
+}
+
+/**
+ * The sidecar's contents; null when it is missing but the checkpoint exists (a crash between the
+ * two writes: the checkpoint's metadata holds the same record).
+ */
+async function readSidecar(out: string): Promise<{ config: TrainConfig } | null> {
   const path = `${out}/${SIDECAR}`;
   try {
     return JSON.parse(await Deno.readTextFile(path));
   } catch (e) {
+    if (
+      e instanceof Deno.errors.NotFound &&
+      await Deno.stat(`${out}/${CHECKPOINT}`).then(() => true, () => false)
+    ) {
+      return null;
+    }
     throw new ConfigError(`--resume: cannot read ${path}: ${(e as Error).message}`);
   }
 }

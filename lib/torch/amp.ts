@@ -8,7 +8,7 @@
 import { lastError, native } from "./ffi.ts";
 import { type Device, deviceCode, dtypeCode } from "./dtype.ts";
 import { TorchError } from "./errors.ts";
-import { Tensor } from "./tensor.ts";
+import type { Tensor } from "./tensor.ts";
 
 /** Options of {@link autocast}. */
 export interface AutocastOptions {
