@@ -48,6 +48,7 @@ import {
   type Tensor,
   TorchError,
   where,
+  writeFileAtomic,
 } from "../torch/mod.ts";
 import { checkIndex, type Dataset, type Sample } from "./dataset.ts";
 import {
@@ -838,15 +839,7 @@ export class FashionScenes implements Dataset {
     const a = generateFrom(o, src, quiet);
     try {
       await Deno.mkdir(dir, { recursive: true });
-      const rnd = Math.floor(Math.random() * 0x100000000).toString(16);
-      const tmp = `${file}.tmp-${Deno.pid}-${rnd}`;
-      try {
-        await Deno.writeFile(tmp, serialize(a, source), { createNew: true });
-        await Deno.rename(tmp, file);
-      } catch (e) {
-        await Deno.remove(tmp).catch(() => {});
-        throw e;
-      }
+      await writeFileAtomic(file, serialize(a, source));
       progress(quiet, `cached in ${file}`);
     } catch (e) {
       progress(quiet, `warning: could not write the cache ${file}: ${(e as Error).message}`);

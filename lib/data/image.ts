@@ -10,7 +10,15 @@
  *
  * @module
  */
-import { fromTypedArray, interpolate, pad, scope, type Tensor, TorchError } from "../torch/mod.ts";
+import {
+  fromTypedArray,
+  interpolate,
+  pad,
+  scope,
+  type Tensor,
+  TorchError,
+  writeFileAtomic,
+} from "../torch/mod.ts";
 import { ImageError } from "./error.ts";
 import { decodePng, encodePngPixels, pngIndices, pngToRgb8 } from "./png.ts";
 
@@ -265,13 +273,9 @@ export async function encodeJpeg(x: Tensor, quality = 90): Promise<Uint8Array> {
  */
 export async function savePng(path: string, x: Tensor): Promise<void> {
   const bytes = await encodePng(x);
-  const rnd = Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
-  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}-${rnd}`;
   try {
-    await Deno.writeFile(tmp, bytes, { createNew: true });
-    await Deno.rename(tmp, path);
+    await writeFileAtomic(path, bytes);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
     throw new ImageError(path, `could not write: ${(e as Error).message}`);
   }
 }

@@ -22,6 +22,7 @@
  *
  * @module
  */
+import { writeFileAtomic } from "../torch/mod.ts";
 import { ImageError } from "./error.ts";
 import { encodePngPixels } from "./png.ts";
 import { formatNumber } from "./progress.ts";
@@ -365,13 +366,9 @@ function clipSegment(
 }
 
 async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const rnd = Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
-  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}-${rnd}`;
   try {
-    await Deno.writeFile(tmp, bytes, { createNew: true });
-    await Deno.rename(tmp, path);
+    await writeFileAtomic(path, bytes);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
     throw new ImageError(path, `could not write: ${(e as Error).message}`);
   }
 }

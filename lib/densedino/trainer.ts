@@ -33,6 +33,7 @@ import {
   setNumThreads,
   setRngState,
   type Tensor,
+  writeFileAtomic,
   zeroGrads,
 } from "../torch/mod.ts";
 import { createViT, saveModule } from "../nn/mod.ts";
@@ -542,7 +543,7 @@ export class Trainer {
       // the teacher backbone at most one save ahead of it)
       await saveModule(`${cfg.out}/${TEACHER_BACKBONE}`, this.teacher.backbone);
       await saveSafetensors(`${cfg.out}/${CHECKPOINT}`, tensors, { densedino: text });
-      await writeAtomic(`${cfg.out}/${SIDECAR}`, text);
+      await writeFileAtomic(`${cfg.out}/${SIDECAR}`, text);
     } finally {
       rng.free();
     }
@@ -692,10 +693,4 @@ async function readSidecar(out: string): Promise<{ config: TrainConfig } | null>
     }
     throw new ConfigError(`--resume: cannot read ${path}: ${(e as Error).message}`);
   }
-}
-
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}`;
-  await Deno.writeTextFile(tmp, text);
-  await Deno.rename(tmp, path);
 }

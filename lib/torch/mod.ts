@@ -5,6 +5,7 @@
  */
 export { type Device, type DType, DTYPE_SIZE, isFloating } from "./dtype.ts";
 export { TorchError } from "./errors.ts";
+export { temporaryName, writeFileAtomic } from "./files.ts";
 export { NativeLoadError, torchVersion } from "./ffi.ts";
 export { freeAll, keep, liveHandles, NativeHandle, scope, scopeDepth } from "./memory.ts";
 export {

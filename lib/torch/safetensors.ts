@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { temporaryName } from "./files.ts";
 import { type Device, type DType, DTYPE_SIZE } from "./dtype.ts";
 import { TorchError } from "./errors.ts";
 import { fromBytes } from "./creation.ts";
@@ -446,8 +447,7 @@ export async function saveSafetensors(
   metadata?: Record<string, string>,
 ): Promise<void> {
   const { header, items } = plan(tensors, metadata);
-  const rnd = Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
-  const tmp = `${path}.tmp-${Deno.pid}-${Date.now()}-${rnd}`;
+  const tmp = temporaryName(path);
   let file: Deno.FsFile | null = null;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
