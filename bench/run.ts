@@ -4,7 +4,9 @@
  *
  * - `op_overhead`: per-op time of add on a 4-element tensor, result freed — ratio ≤ 0.75;
  * - `matmul`: 1024×1024 float32 matmul — ratio ≤ 1.05 (within 5%);
- * - `vit_step`: a DenseDINO training step of vit_tiny (and its forward alone) — ratio ≤ 1.0.
+ * - `vit_step`: a DenseDINO training step of vit_tiny (and its forward alone) — ratio ≤ 1.0;
+ * - `train_step`: one iteration of the real trainer (`Trainer.step`) for the `demo` preset and
+ *   the vit_tiny workload, against the official training loop's iteration — ratio ≤ 1.0.
  *
  * Optional, Deno-only benchmarks (no comparator; not in the default `--only` list, run once,
  * not in rounds): `views` (`bench/views.ts`) — DenseDINO views + augmentation throughput and
@@ -23,6 +25,7 @@
 import { parseArgs } from "node:util";
 import { dirname, relative, resolve } from "node:path";
 import { type BenchReport, fmt, median, parseThreads, positiveInt } from "./common.ts";
+import { pythonArgs as trainStepPythonArgs } from "./train_step.ts";
 import { loaderSummary, loaderTable, throughputTable, type ViewsReport } from "./_views_report.ts";
 import {
   checkPython,
@@ -111,6 +114,24 @@ export const BENCHES: readonly BenchSpec[] = [
       { densedino: ["step_split"], pytorch: [] },
       { densedino: ["forward_explicit"], pytorch: [] },
       { densedino: ["step_explicit"], pytorch: [] },
+    ],
+    extras: [],
+    pyExtras: [],
+    target: 1.0,
+    unit: "ms",
+    targetText: "≤ 1.00",
+  },
+  {
+    name: "train_step",
+    ts: "bench/train_step.ts",
+    py: "bench/train_step.py",
+    // one full Trainer.step (real loss, schedules, clipping, AdamW, EMA) of the demo preset, and
+    // of the model issue's vit_tiny workload
+    primary: { densedino: "demo", pytorch: "demo" },
+    compare: [{ densedino: "tiny", pytorch: "tiny", target: 1.0 }],
+    processes: [
+      { densedino: ["demo"], pytorch: ["demo"] },
+      { densedino: ["tiny"], pytorch: ["tiny"] },
     ],
     extras: [],
     pyExtras: [],
@@ -339,6 +360,14 @@ async function main(): Promise<number> {
       if (b.name === "matmul") return ["--size", String(size), "--reps", String(matmulReps), ...t];
       return ["--reps", String(vitReps), "--warmup", String(vitWarmup), ...t, ...v];
     };
+    // train_step's comparator gets the configuration's shapes and schedules as flags
+    const pyArgsFor = (variants: string[] | null): string[] =>
+      b.name === "train_step" && variants !== null
+        ? [
+          ...trainStepPythonArgs(variants[0]),
+          ...argsFor(null),
+        ]
+        : argsFor(variants);
     const procs = b.processes ?? [{ densedino: null, pytorch: null }];
     for (let r = 0; r < rounds; r++) {
       for (const proc of procs) {
@@ -348,7 +377,7 @@ async function main(): Promise<number> {
           const spec: ChildSpec = {
             side,
             script: side === "densedino" ? b.ts : b.py,
-            args: argsFor(variants),
+            args: side === "densedino" ? argsFor(variants) : pyArgsFor(variants),
             python,
             blasThreads,
           };

@@ -165,6 +165,13 @@ class ViT(nn.Module):
         b, _, h, w = x.shape
         k = points.shape[1]
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        if k == 0:  # DINO: no reference tokens, no mask
+            seq = torch.cat((self.cls_token.expand(b, -1, -1), patches), dim=1)
+            seq = seq + torch.cat((self.cls_pos_embed.expand(b, -1, -1),
+                                   self.patch_pos(h, w).expand(b, -1, -1)), dim=1)
+            for blk in self.blocks:
+                seq = blk(seq, None)
+            return self.norm(seq)[:, :1], None
         refs = torch.zeros(1, k, self.dim).expand(b, -1, -1)
         tokens = torch.cat((self.cls_token.expand(b, -1, -1), refs, patches), dim=1)
         pos = torch.cat((self.cls_pos_embed.expand(b, -1, -1), self.ref_pos(points),

@@ -13,6 +13,7 @@ import { parseArgs } from "node:util";
 import {
   ConfigError,
   DEFAULT_TRAIN_CONFIG,
+  TRAIN_PRESETS,
   type TrainConfig,
   Trainer,
   TrainError,
@@ -31,6 +32,13 @@ const D = DEFAULT_TRAIN_CONFIG;
 const V = DEFAULT_VIEW_OPTIONS;
 
 const FLAGS: FlagSpec[] = [
+  {
+    key: "preset",
+    kind: "string",
+    help: `a named starting point: ${
+      Object.keys(TRAIN_PRESETS).join(" | ")
+    } (demo: the embedded CPU benchmark); explicit flags override it`,
+  },
   {
     key: "method",
     kind: "string",

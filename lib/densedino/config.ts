@@ -17,6 +17,11 @@ export type Precision = "fp32" | "bf16" | "fp16";
 
 /** Every training option. Field names map to `--kebab-case` flags of `scripts/train.ts`. */
 export interface TrainConfig {
+  /**
+   * a named starting point ({@link TRAIN_PRESETS}): `paper` (default: the paper's and the
+   * official code's settings) or `demo` (the embedded CPU benchmark); explicit options win
+   */
+  preset: string;
   /** `densedino` (default) or `dino` (the baseline: no reference tokens, class loss only) */
   method: Method;
   /** which losses train: `both` (DenseDINO default), `cls` or `ref` (paper Table 3) */
@@ -105,6 +110,7 @@ export interface TrainConfig {
 
 /** The defaults (DESIGN.md §4, the paper and the official code). */
 export const DEFAULT_TRAIN_CONFIG: Readonly<TrainConfig> = Object.freeze({
+  preset: "paper",
   method: "densedino",
   loss: "both",
   data: "fashion-scenes",
@@ -158,6 +164,35 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * Named starting points for a training configuration (`--preset`). Explicit options override a
+ * preset's values; a preset overrides the defaults.
+ *
+ * - `paper`: the paper's / official code's settings ({@link DEFAULT_TRAIN_CONFIG}): ViT-S/16,
+ *   224-px global and 96-px local views, out_dim 65536, batch 64, 100 epochs.
+ * - `demo`: the embedded benchmark that `deno task demo` trains on a 2-core CPU: fashion-scenes,
+ *   a small ViT with 8-px patches on 64-px global / 32-px local views, out_dim 1024, a short
+ *   warm-up and a teacher momentum suited to a few thousand iterations (docs/RESULTS.md gives
+ *   the reasons for each choice).
+ */
+export const TRAIN_PRESETS: Readonly<Record<string, Readonly<Partial<TrainConfig>>>> = Object
+  .freeze({
+    paper: Object.freeze({}),
+    demo: Object.freeze({
+      data: "fashion-scenes",
+      scenes: 10000,
+      arch: "vit_mini",
+      patchSize: 8,
+      outDim: 1024,
+      batchSize: 64,
+      epochs: 4,
+      lr: 0.002,
+      warmupEpochs: 1,
+      momentumTeacher: 0.99,
+      views: Object.freeze({ globalSize: 64, localCrops: 4, localSize: 32, numRef: 4 }),
+    } as Partial<TrainConfig>),
+  });
+
 const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())}`;
 
 /**
@@ -166,7 +201,22 @@ const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase(
  * over the global crops only (the official default) and the reference loss over all crops.
  * `given` lists the options the user set explicitly (to tell a default from a choice).
  */
-export function resolveTrainConfig(opts: Partial<TrainConfig> = {}): TrainConfig {
+export function resolveTrainConfig(given: Partial<TrainConfig> = {}): TrainConfig {
+  const presetName = given.preset ?? DEFAULT_TRAIN_CONFIG.preset;
+  const preset = TRAIN_PRESETS[presetName];
+  if (!preset) {
+    throw new ConfigError(
+      `${flag("preset")} ${presetName} is unknown; expected one of ${
+        Object.keys(TRAIN_PRESETS).join(", ")
+      }`,
+    );
+  }
+  const opts: Partial<TrainConfig> = {
+    ...preset,
+    ...given,
+    preset: presetName,
+    views: { ...(preset.views ?? {}), ...(given.views ?? {}) },
+  };
   const method = opts.method ?? "densedino";
   if (method !== "densedino" && method !== "dino") {
     throw new ConfigError(`${flag("method")} must be densedino or dino, got ${method}`);
@@ -295,6 +345,7 @@ export function resolveTrainConfig(opts: Partial<TrainConfig> = {}): TrainConfig
 
 /** The options a resumed run must share with the checkpoint's run (anything else may change). */
 export const RESUME_INVARIANTS: readonly (keyof TrainConfig)[] = [
+  "preset",
   "method",
   "loss",
   "data",

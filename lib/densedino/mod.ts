@@ -106,6 +106,7 @@ export {
   type Precision,
   resolveTrainConfig,
   RESUME_INVARIANTS,
+  TRAIN_PRESETS,
   type TrainConfig,
 } from "./config.ts";
 export { openTrainDataset, trainSource, type TrainSourceOptions, trainSourceSpec } from "./data.ts";

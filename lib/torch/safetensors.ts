@@ -452,7 +452,11 @@ export async function saveSafetensors(
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
     await writeAll(file, header);
-    for (const it of items) await writeAll(file, it.tensor.toBytes());
+    // one scratch buffer for every tensor: a checkpoint's bytes do not become JS garbage
+    const scratch = new Uint8Array(
+      Math.max(0, ...items.map((it) => it.tensor.numel * DTYPE_SIZE[it.tensor.dtype])),
+    );
+    for (const it of items) await writeAll(file, it.tensor.toBytes(scratch));
     await file.sync();
     file.close();
     file = null;

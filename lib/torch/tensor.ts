@@ -459,9 +459,18 @@ export class Tensor extends NativeHandle {
     return out as TypedArrayOf<DType>;
   }
 
-  /** The raw little-endian bytes of the elements in this dtype (row-major, contiguous). */
-  toBytes(): Uint8Array<ArrayBuffer> {
-    const out = new Uint8Array(this.numel * DTYPE_SIZE[this.dtype]);
+  /**
+   * The raw little-endian bytes of the elements in this dtype (row-major, contiguous). With
+   * `into`, the bytes are copied to its start and a view of that part is returned (no new
+   * buffer: for writers that stream many tensors through one scratch buffer); `into` must hold
+   * at least `numel × element size` bytes.
+   */
+  toBytes(into?: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+    const n = this.numel * DTYPE_SIZE[this.dtype];
+    if (into && into.length < n) {
+      throw new TorchError("toBytes", `the destination holds ${into.length} bytes, ${n} needed`);
+    }
+    const out = into ? into.subarray(0, n) : new Uint8Array(n);
     status(native().dd_to_buffer(this.handle("toBytes"), out, out.length), "toBytes", this);
     return out;
   }
