@@ -19,3 +19,4 @@ export * from "./lib/torch/mod.ts";
 export * from "./lib/nn/mod.ts";
 export * from "./lib/data/mod.ts";
 export * from "./lib/densedino/mod.ts";
+export * from "./lib/eval/mod.ts";

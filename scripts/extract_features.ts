@@ -22,7 +22,6 @@ import {
   ARCHS,
   cat,
   checkMaskMode,
-  createViT,
   cuda,
   DEFAULT_MASK_MODE,
   type Device,
@@ -30,9 +29,7 @@ import {
   ImageError,
   imagenetNormalize,
   loadImage,
-  loadModule,
   loadSafetensors,
-  manualSeed,
   MASK_MODES,
   type MaskMode,
   noGrad,
@@ -40,11 +37,10 @@ import {
   saveSafetensors,
   scope,
   stack,
-  StateDictError,
   type Tensor,
-  TorchError,
   type VisionTransformer,
 } from "../mod.ts";
+import { EvalError, loadBackbone, type LoadedBackbone } from "../lib/eval/backbone.ts";
 
 const NAME = "extract_features";
 
@@ -329,41 +325,29 @@ async function checkPaths(cfg: Config): Promise<void> {
 }
 
 async function buildModel(cfg: Config): Promise<VisionTransformer> {
-  if (cfg.weights === null) {
-    manualSeed(cfg.seed);
-    log(`no --weights: random initialisation (seed ${cfg.seed})`);
+  if (cfg.weights === null) log(`no --weights: random initialisation (seed ${cfg.seed})`);
+  let b: LoadedBackbone;
+  try {
+    // the one loader of frozen backbones: random init from the seed, or exactly the keys
+    // under --key-prefix; the flags (with their defaults) must describe the weights
+    b = await loadBackbone({
+      weights: cfg.weights ?? undefined,
+      keyPrefix: cfg.weights === null ? undefined : cfg.keyPrefix,
+      arch: cfg.arch,
+      patchSize: cfg.patchSize,
+      imgSize: cfg.imgSize,
+      learnableRefToken: cfg.learnableRefToken,
+      seed: cfg.seed,
+      device: cfg.device,
+    });
+  } catch (e) {
+    if (e instanceof EvalError) throw new UsageError(`--weights: ${e.message}`);
+    throw e;
   }
-  const model = createViT(cfg.arch, {
-    patchSize: cfg.patchSize,
-    imgSize: cfg.imgSize,
-    learnableRefToken: cfg.learnableRefToken,
-  });
   if (cfg.weights !== null) {
-    try {
-      await loadModule(cfg.weights, model, { keyPrefix: cfg.keyPrefix });
-    } catch (e) {
-      model.free();
-      if (e instanceof StateDictError || e instanceof TorchError) {
-        throw new UsageError(`--weights: ${e.message}${prefixHint(e)}`);
-      }
-      throw e;
-    }
     log(`loaded ${cfg.weights}${cfg.keyPrefix ? ` (keys under "${cfg.keyPrefix}")` : ""}`);
   }
-  if (cfg.device !== "cpu") model.to(cfg.device);
-  return model.eval();
-}
-
-/** A hint naming --key-prefix values when the file holds a ViT under some prefix. */
-function prefixHint(e: Error): string {
-  if (!(e instanceof StateDictError)) return "";
-  const marker = "patch_embed.proj.weight";
-  const prefixes = e.unexpected.filter((k) => k.endsWith(marker) && k !== marker)
-    .map((k) => k.slice(0, -marker.length));
-  if (prefixes.length === 0) return "";
-  return `\nhint: the file holds ViT weights under ${
-    prefixes.map((p) => `"${p}"`).join(", ")
-  }: pick one with --key-prefix (e.g. --key-prefix ${prefixes[0]})`;
+  return b.vit;
 }
 
 const FLOATING = ["float32", "float64", "float16", "bfloat16"];

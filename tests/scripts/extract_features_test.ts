@@ -1,8 +1,8 @@
 /**
  * scripts/extract_features.ts run as a subprocess: its output equals an in-process forward of
  * the same model (from --input with reference points, from a training checkpoint with
- * --key-prefix, and from --images), its last stdout line is the JSON contract, and bad input
- * exits with code 2 and a message naming the flag.
+ * --key-prefix, from --images, and randomly initialised from --seed), its last stdout line is
+ * the JSON contract, and bad input exits with code 2 and a message naming the flag.
  */
 import assert from "node:assert/strict";
 import {
@@ -100,6 +100,20 @@ Deno.test("extract_features", async (t) => {
         assert.ok(maxAbsDiff(tensors.ref, expect.ref!) <= 1e-6);
         assert.equal(metadata.arch, "vit_micro");
         assert.equal(metadata.mask_mode, "all2pos_pos2cls_eye");
+      } finally {
+        for (const v of Object.values(tensors)) v.free();
+      }
+    });
+
+    await t.step("no --weights: random init from --seed, as manualSeed + createViT", async () => {
+      const out = `${dir}/out_random.safetensors`;
+      const r = await run([...MICRO, "--seed", "7", "--input", input, "--out", out]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /no --weights: random initialisation \(seed 7\)/);
+      const { tensors } = await loadSafetensors(out);
+      try {
+        assert.ok(maxAbsDiff(tensors.cls, expect.cls) <= 1e-6);
+        assert.ok(maxAbsDiff(tensors.ref, expect.ref!) <= 1e-6);
       } finally {
         for (const v of Object.values(tensors)) v.free();
       }
