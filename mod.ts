@@ -20,3 +20,4 @@ export * from "./lib/nn/mod.ts";
 export * from "./lib/data/mod.ts";
 export * from "./lib/densedino/mod.ts";
 export * from "./lib/eval/mod.ts";
+export * from "./lib/study/study.ts";
