@@ -59,6 +59,8 @@ const FLAGS: FlagSpec[] = [
     help: "trained positional grid side in pixels",
   },
   { key: "outDim", kind: "number", help: "DINO head output width" },
+  { key: "headHiddenDim", kind: "number", help: "DINO head MLP hidden width" },
+  { key: "headBottleneckDim", kind: "number", help: "DINO head bottleneck width" },
   {
     key: "normLastLayer",
     kind: "boolean",

@@ -38,6 +38,10 @@ export interface TrainConfig {
   imgSize: number;
   /** head output width (default 65536) */
   outDim: number;
+  /** the DINO heads' MLP hidden width (default 2048, as the paper) */
+  headHiddenDim: number;
+  /** the DINO heads' bottleneck width before the last layer (default 256, as the paper) */
+  headBottleneckDim: number;
   /** freeze the last head layer's gain at 1 (default true) */
   normLastLayer: boolean;
   /** one head for class and reference tokens (default false: separate, as the official code) */
@@ -119,6 +123,8 @@ export const DEFAULT_TRAIN_CONFIG: Readonly<TrainConfig> = Object.freeze({
   patchSize: 16,
   imgSize: 0,
   outDim: 65536,
+  headHiddenDim: 2048,
+  headBottleneckDim: 256,
   normLastLayer: true,
   sharedRefHead: false,
   learnableRefToken: false,
@@ -257,6 +263,8 @@ export function resolveTrainConfig(given: Partial<TrainConfig> = {}): TrainConfi
   const ints: (keyof TrainConfig)[] = [
     "patchSize",
     "outDim",
+    "headHiddenDim",
+    "headBottleneckDim",
     "epochs",
     "batchSize",
     "scenes",
@@ -272,7 +280,8 @@ export function resolveTrainConfig(given: Partial<TrainConfig> = {}): TrainConfi
   ];
   for (const k of ints) {
     const v = cfg[k] as number;
-    const min = k === "patchSize" || k === "outDim" || k === "epochs" || k === "batchSize" ||
+    const min = k === "patchSize" || k === "outDim" || k === "headHiddenDim" ||
+        k === "headBottleneckDim" || k === "epochs" || k === "batchSize" ||
         k === "logEvery" || k === "scenes"
       ? 1
       : 0;
@@ -354,6 +363,8 @@ export const RESUME_INVARIANTS: readonly (keyof TrainConfig)[] = [
   "patchSize",
   "imgSize",
   "outDim",
+  "headHiddenDim",
+  "headBottleneckDim",
   "normLastLayer",
   "sharedRefHead",
   "learnableRefToken",

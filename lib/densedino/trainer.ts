@@ -232,6 +232,8 @@ export class Trainer {
       });
       return new DenseDinoModel(backbone, {
         outDim: cfg.outDim,
+        hiddenDim: cfg.headHiddenDim,
+        bottleneckDim: cfg.headBottleneckDim,
         normLastLayer: cfg.normLastLayer,
         refHead: dense && cfg.loss !== "cls" ? true : false,
         sharedRefHead: cfg.sharedRefHead,
