@@ -24,12 +24,9 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { createHash } from "node:crypto";
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import {
-  ARCHS,
-  cuda,
   type Dataset,
   DatasetError,
   type Device,
@@ -43,7 +40,7 @@ import {
   type Tensor,
   writeFileAtomic,
 } from "../mod.ts";
-import { EvalError, loadBackbone, type LoadedBackbone } from "../lib/eval/backbone.ts";
+import { EvalError } from "../lib/eval/backbone.ts";
 import { cachedClassFeatures, evalTransform, evalTransformId } from "../lib/eval/features.ts";
 import {
   DEFAULT_KNN_CHUNK,
@@ -52,21 +49,31 @@ import {
   knnClassify,
   type KnnResult,
 } from "../lib/eval/knn.ts";
+import {
+  type BackboneFlags,
+  checkDevice,
+  checkDeviceAvailable,
+  checkOutputDir,
+  checkOutputFile,
+  COMMON_FLAGS,
+  type FlagTable,
+  loadBackboneFromFlags,
+  logger,
+  nonNegativeInt,
+  number,
+  positiveInt,
+  printHelp,
+  RANDOM_BACKBONE,
+  readBackboneFlags,
+  readFlags,
+  runMain,
+  statOrNull,
+  UsageError,
+} from "./_cli.ts";
 
 const NAME = "eval_knn";
 
-/** Bad flags or input: reported with exit code 2. */
-class UsageError extends Error {}
-
-interface Flag {
-  type: "string" | "boolean";
-  arg?: string;
-  default?: string;
-  help: string;
-  shown?: string;
-}
-
-const FLAGS: Record<string, Flag> = {
+const FLAGS = {
   "weights": {
     arg: "PATH",
     type: "string",
@@ -76,25 +83,9 @@ const FLAGS: Record<string, Flag> = {
       "backbone is randomly initialised from --seed (the random-init baseline)",
     shown: "none (random init)",
   },
-  "which": {
-    arg: "NAME",
-    type: "string",
-    default: "teacher",
-    help: "teacher or student: which backbone of a run directory or checkpoint",
-  },
-  "arch": {
-    arg: "NAME",
-    type: "string",
-    help: `architecture (${Object.keys(ARCHS).join(", ")}); with --weights it is read from the ` +
-      "run / the weights and only checked",
-    shown: "from the weights; vit_small for random init",
-  },
-  "patch-size": {
-    arg: "N",
-    type: "string",
-    help: "patch side in pixels (as --arch)",
-    shown: "from the weights; 16 for random init",
-  },
+  "which": COMMON_FLAGS.which,
+  "arch": COMMON_FLAGS.arch,
+  "patch-size": COMMON_FLAGS["patch-size"],
   "img-size": {
     arg: "N",
     type: "string",
@@ -181,24 +172,9 @@ const FLAGS: Record<string, Flag> = {
     help: "queries compared with the memory bank at a time (memory only; same results)",
   },
   "batch-size": { arg: "N", type: "string", default: "64", help: "images per forward pass" },
-  "threads": {
-    arg: "N",
-    type: "string",
-    default: "0",
-    help: "libtorch intra-op threads (0: the library default)",
-  },
-  "limit-train": {
-    arg: "N",
-    type: "string",
-    help: "use only the first N training examples (smoke tests)",
-    shown: "all",
-  },
-  "limit-val": {
-    arg: "N",
-    type: "string",
-    help: "use only the first N validation examples (smoke tests)",
-    shown: "all",
-  },
+  "threads": COMMON_FLAGS.threads,
+  "limit-train": COMMON_FLAGS["limit-train"],
+  "limit-val": COMMON_FLAGS["limit-val"],
   "cache": {
     arg: "DIR",
     type: "string",
@@ -212,54 +188,23 @@ const FLAGS: Record<string, Flag> = {
     help: "also write a Markdown summary (settings and a k / top-1 / top-5 table)",
     shown: "none",
   },
-  "device": { arg: "DEVICE", type: "string", default: "cpu", help: "cpu, cuda or cuda:N" },
-  "quiet": { type: "boolean", help: "no progress lines on stderr", shown: "false" },
-  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
-};
+  "device": COMMON_FLAGS.device,
+  "quiet": COMMON_FLAGS.quiet,
+  "help": COMMON_FLAGS.help,
+} satisfies FlagTable;
 
-function helpText(): string {
-  const lines = [
-    `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] [--data SPEC] [flags]`,
-    "",
-    "Weighted k-NN classification with the frozen class token (DINO's protocol): features",
-    "L2-normalised, cosine similarity to every training example, the k nearest vote",
-    "exp(similarity / T); top-1 and top-5 accuracy (%) for every k.",
-    "Progress on stderr; the last stdout line is JSON with the accuracies.",
-    "",
-    "Flags:",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
-    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${f.shown ?? f.default})`);
-  }
-  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
-  return lines.join("\n");
-}
-
-function posInt(flag: string, value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be a positive integer, got "${value}"`);
-  }
-  return Number(value);
-}
-
-function nonNegInt(flag: string, value: string): number {
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be a non-negative integer, got "${value}"`);
-  }
-  return Number(value);
-}
+const HELP_INTRO = [
+  `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] [--data SPEC] [flags]`,
+  "",
+  "Weighted k-NN classification with the frozen class token (DINO's protocol): features",
+  "L2-normalised, cosine similarity to every training example, the k nearest vote",
+  "exp(similarity / T); top-1 and top-5 accuracy (%) for every k.",
+  "Progress on stderr; the last stdout line is JSON with the accuracies.",
+];
 
 type DataKind = "fashion-scenes" | "fashion-mnist" | "imagefolder";
 
-interface Config {
-  weights: string | null;
-  which: "teacher" | "student";
-  arch: string | null;
-  patchSize: number | null;
-  imgSize: number | null;
-  learnableRefToken: boolean;
-  seed: number;
+interface Config extends BackboneFlags {
   data: DataKind;
   root: string | null;
   scenes: number;
@@ -282,55 +227,18 @@ interface Config {
 }
 
 function parseFlags(args: string[]): Config | null {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    const options = Object.fromEntries(
-      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
-    ) as Record<string, { type: "string" | "boolean" }>;
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (values.help) return null;
-  const str = (k: string): string | null => {
-    const v = values[k];
-    return typeof v === "string" ? v : null;
-  };
-  const get = (k: string): string => str(k) ?? FLAGS[k].default!;
-  const given = (k: string) => str(k) !== null;
+  const v = readFlags(FLAGS, args);
+  if (v === null) return null;
 
-  const weights = str("weights");
-  if (weights === "") throw new UsageError("--weights needs a path");
-  const which = get("which");
-  if (which !== "teacher" && which !== "student") {
-    throw new UsageError(`--which must be teacher or student, got "${which}"`);
-  }
-  const arch = str("arch");
-  if (arch !== null && !ARCHS[arch]) {
+  const bb = readBackboneFlags(v);
+  if (bb.weights !== null && (v.given("seed") || bb.learnableRefToken)) {
     throw new UsageError(
-      `--arch: unknown architecture "${arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`,
-    );
-  }
-  const patchSize = given("patch-size") ? posInt("patch-size", get("patch-size")) : null;
-  const imgSize = given("img-size") ? posInt("img-size", get("img-size")) : null;
-  if (patchSize !== null && imgSize !== null && imgSize % patchSize !== 0) {
-    throw new UsageError(`--img-size ${imgSize} is not a multiple of --patch-size ${patchSize}`);
-  }
-  const seedText = get("seed");
-  if (!/^-?\d+$/.test(seedText) || !Number.isSafeInteger(Number(seedText))) {
-    throw new UsageError(`--seed must be an integer, got "${seedText}"`);
-  }
-  if (weights !== null && (given("seed") || values["learnable-ref-token"])) {
-    throw new UsageError(
-      `--${given("seed") ? "seed" : "learnable-ref-token"} applies to random init only; ` +
+      `--${v.given("seed") ? "seed" : "learnable-ref-token"} applies to random init only; ` +
         `drop it or drop --weights`,
     );
   }
-  if (weights === null && which === "student") {
-    throw new UsageError("--which student needs --weights (a run directory or checkpoint)");
-  }
 
-  const spec = get("data");
+  const spec = v.get("data");
   let data: DataKind;
   let root: string | null = null;
   if (spec === "fashion-scenes" || spec === "fashion-mnist") data = spec;
@@ -342,100 +250,69 @@ function parseFlags(args: string[]): Config | null {
       `--data must be fashion-scenes, fashion-mnist or imagefolder:PATH, got "${spec}"`,
     );
   }
-  for (const f of ["scenes", "val-scenes", "scene-size", "scene-seed"]) {
-    if (given(f) && data !== "fashion-scenes") {
+  for (const f of ["scenes", "val-scenes", "scene-size", "scene-seed"] as const) {
+    if (v.given(f) && data !== "fashion-scenes") {
       throw new UsageError(`--${f} applies to --data fashion-scenes only`);
     }
   }
-  const sceneSize = posInt("scene-size", get("scene-size"));
+  const sceneSize = positiveInt("scene-size", v.get("scene-size"));
   if (sceneSize < 8 || sceneSize > 1024) {
     throw new UsageError(`--scene-size must be in 8..1024, got ${sceneSize}`);
   }
-  const crop = given("crop") ? posInt("crop", get("crop")) : null;
-  const resize = given("resize") ? posInt("resize", get("resize")) : null;
+  const crop = v.given("crop") ? positiveInt("crop", v.get("crop")) : null;
+  const resize = v.given("resize") ? positiveInt("resize", v.get("resize")) : null;
   if (crop !== null && resize !== null && resize < crop) {
     throw new UsageError(`--resize ${resize} is smaller than --crop ${crop}`);
   }
 
-  const kText = get("k");
+  const kText = v.get("k");
   const ks = kText.split(",").map((s) => s.trim());
   if (ks.length === 0 || ks.some((s) => !/^\d+$/.test(s) || Number(s) < 1)) {
     throw new UsageError(
       `--k must be a comma-separated list of positive integers (e.g. 10,20,100,200), got "${kText}"`,
     );
   }
-  const temperature = Number(get("temperature"));
-  if (!(temperature > 0) || !Number.isFinite(temperature)) {
-    throw new UsageError(`--temperature must be a positive number, got "${get("temperature")}"`);
-  }
-  const device = get("device");
-  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
-    throw new UsageError(`--device must be cpu, cuda or cuda:N, got "${device}"`);
-  }
-  const cache = str("cache");
-  if (cache === "") throw new UsageError("--cache needs a directory");
-  const report = str("report");
-  if (report === "") throw new UsageError("--report needs a file name");
+  const temperature = number(
+    "temperature",
+    v.get("temperature"),
+    (t) => t > 0,
+    "a positive number",
+  );
+  const device = checkDevice(v.get("device"));
+  const cache = v.path("cache", "a directory");
+  const report = v.path("report", "a file name");
 
   return {
-    weights,
-    which,
-    arch,
-    patchSize,
-    imgSize,
-    learnableRefToken: values["learnable-ref-token"] === true,
-    seed: Number(seedText),
+    ...bb,
     data,
     root,
-    scenes: posInt("scenes", get("scenes")),
-    valScenes: posInt("val-scenes", get("val-scenes")),
+    scenes: positiveInt("scenes", v.get("scenes")),
+    valScenes: positiveInt("val-scenes", v.get("val-scenes")),
     sceneSize,
-    sceneSeed: nonNegInt("scene-seed", get("scene-seed")),
+    sceneSeed: nonNegativeInt("scene-seed", v.get("scene-seed")),
     resize,
     crop,
     ks: ks.map(Number),
     temperature,
-    chunk: posInt("chunk", get("chunk")),
-    batchSize: posInt("batch-size", get("batch-size")),
-    threads: nonNegInt("threads", get("threads")),
-    limitTrain: given("limit-train") ? posInt("limit-train", get("limit-train")) : undefined,
-    limitVal: given("limit-val") ? posInt("limit-val", get("limit-val")) : undefined,
+    chunk: positiveInt("chunk", v.get("chunk")),
+    batchSize: positiveInt("batch-size", v.get("batch-size")),
+    threads: nonNegativeInt("threads", v.get("threads")),
+    limitTrain: v.given("limit-train")
+      ? positiveInt("limit-train", v.get("limit-train"))
+      : undefined,
+    limitVal: v.given("limit-val") ? positiveInt("limit-val", v.get("limit-val")) : undefined,
     cache,
     report,
-    device: device as Device,
-    quiet: values.quiet === true,
+    device,
+    quiet: v.bool("quiet"),
   };
 }
 
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
-
-async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
+const log = logger(NAME);
 
 async function checkPaths(cfg: Config): Promise<void> {
-  if (cfg.report !== null) {
-    const st = await statOrNull(cfg.report);
-    if (st?.isDirectory) throw new UsageError(`--report: ${cfg.report} is a directory`);
-    const dir = dirname(cfg.report);
-    const d = await statOrNull(dir);
-    if (d === null || !d.isDirectory) {
-      throw new UsageError(`--report: directory ${dir} does not exist`);
-    }
-  }
-  if (cfg.cache !== null) {
-    const st = await statOrNull(cfg.cache);
-    if (st !== null && !st.isDirectory) {
-      throw new UsageError(`--cache: ${cfg.cache} exists and is not a directory`);
-    }
-  }
+  if (cfg.report !== null) await checkOutputFile("report", cfg.report);
+  if (cfg.cache !== null) await checkOutputDir("cache", cfg.cache);
   if (cfg.root !== null) {
     for (const split of ["train", "val"]) {
       const p = `${cfg.root}/${split}`;
@@ -448,9 +325,7 @@ async function checkPaths(cfg: Config): Promise<void> {
       }
     }
   }
-  if (cfg.device !== "cpu" && !cuda.isAvailable()) {
-    throw new UsageError(`--device ${cfg.device}: CUDA is not available in this libtorch`);
-  }
+  checkDeviceAvailable(cfg.device);
 }
 
 interface Split {
@@ -574,10 +449,7 @@ function reportMarkdown(r: {
 
 async function main(args: string[]): Promise<number> {
   const cfg = parseFlags(args);
-  if (cfg === null) {
-    console.log(helpText());
-    return 0;
-  }
+  if (cfg === null) return printHelp(FLAGS, HELP_INTRO);
   await checkPaths(cfg);
   const t0 = performance.now();
   if (cfg.threads > 0) setNumThreads(cfg.threads);
@@ -585,31 +457,13 @@ async function main(args: string[]): Promise<number> {
   const random = cfg.weights === null;
   // random init: the model's image size is --img-size, else --crop, else the data's natural size
   const defaultCrop = cfg.crop ?? (cfg.data === "imagefolder" ? 224 : cfg.sceneSize);
-  if (random && cfg.imgSize === null && defaultCrop % (cfg.patchSize ?? 16) !== 0) {
+  const patch = cfg.patchSize ?? RANDOM_BACKBONE.patchSize;
+  if (random && cfg.imgSize === null && defaultCrop % patch !== 0) {
     throw new UsageError(
-      `--crop ${defaultCrop} (the model input) is not a multiple of the patch size ` +
-        `${cfg.patchSize ?? 16}`,
+      `--crop ${defaultCrop} (the model input) is not a multiple of the patch size ${patch}`,
     );
   }
-  let backbone: LoadedBackbone;
-  try {
-    backbone = await loadBackbone({
-      weights: cfg.weights ?? undefined,
-      which: cfg.which,
-      arch: cfg.arch ?? (random ? "vit_small" : undefined),
-      patchSize: cfg.patchSize ?? (random ? 16 : undefined),
-      imgSize: cfg.imgSize ?? (random ? defaultCrop : undefined),
-      learnableRefToken: random ? cfg.learnableRefToken : undefined,
-      seed: cfg.seed,
-      device: cfg.device,
-    });
-  } catch (e) {
-    if (e instanceof EvalError) {
-      const flag = random ? "" : "--weights: ";
-      throw new UsageError(`${flag}${e.message}`);
-    }
-    throw e;
-  }
+  const backbone = await loadBackboneFromFlags(cfg, defaultCrop, cfg.device);
   const feats: Tensor[] = [];
   try {
     log(
@@ -716,19 +570,11 @@ async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    const bad = e instanceof UsageError || e instanceof EvalError || e instanceof DatasetError ||
-      (e instanceof RangeError && /^fashion-scenes:|^FashionMNIST:/.test(e.message));
-    if (bad) {
-      console.error(`${NAME}: error: ${(e as Error).message}\nRun with --help to list the flags.`);
-      code = 2;
-    } else {
-      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
-      code = 1;
-    }
-  }
-  Deno.exit(code);
+  await runMain(
+    NAME,
+    main,
+    (e) =>
+      e instanceof EvalError || e instanceof DatasetError ||
+      (e instanceof RangeError && /^fashion-scenes:|^FashionMNIST:/.test(e.message)),
+  );
 }

@@ -25,11 +25,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import {
-  ARCHS,
-  cuda,
   type Dataset,
   DatasetError,
   type Device,
@@ -43,7 +40,7 @@ import {
   VOC_CLASSES,
   writeFileAtomic,
 } from "../mod.ts";
-import { EvalError, loadBackbone, type LoadedBackbone } from "../lib/eval/backbone.ts";
+import { EvalError } from "../lib/eval/backbone.ts";
 import {
   FASHION_SCENES_PROBE,
   LEOPART_PROBE,
@@ -51,24 +48,33 @@ import {
   probeReportMarkdown,
   type SegProbeResult,
 } from "../lib/eval/segmentation.ts";
+import {
+  type BackboneFlags,
+  checkDevice,
+  checkDeviceAvailable,
+  checkOutputDir,
+  checkOutputFile,
+  COMMON_FLAGS,
+  type FlagTable,
+  loadBackboneFromFlags,
+  logger,
+  nonNegativeInt,
+  number,
+  positiveInt,
+  printHelp,
+  RANDOM_BACKBONE,
+  readBackboneFlags,
+  readFlags,
+  runMain,
+  UsageError,
+} from "./_cli.ts";
 
 const NAME = "eval_seg";
-
-/** Bad flags or input: reported with exit code 2. */
-class UsageError extends Error {}
-
-interface Flag {
-  type: "string" | "boolean";
-  arg?: string;
-  default?: string;
-  help: string;
-  shown?: string;
-}
 
 const F = FASHION_SCENES_PROBE;
 const L = LEOPART_PROBE;
 
-const FLAGS: Record<string, Flag> = {
+const FLAGS = {
   "weights": {
     arg: "PATH",
     type: "string",
@@ -78,25 +84,9 @@ const FLAGS: Record<string, Flag> = {
       "initialised from --seed (the random-init baseline)",
     shown: "none (random init)",
   },
-  "which": {
-    arg: "NAME",
-    type: "string",
-    default: "teacher",
-    help: "teacher or student: which backbone of a run directory or checkpoint",
-  },
-  "arch": {
-    arg: "NAME",
-    type: "string",
-    help: `architecture (${Object.keys(ARCHS).join(", ")}); with --weights it is read from the ` +
-      "run / the weights and only checked",
-    shown: "from the weights; vit_small for random init",
-  },
-  "patch-size": {
-    arg: "N",
-    type: "string",
-    help: "patch side in pixels (as --arch)",
-    shown: "from the weights; 16 for random init",
-  },
+  "which": COMMON_FLAGS.which,
+  "arch": COMMON_FLAGS.arch,
+  "patch-size": COMMON_FLAGS["patch-size"],
   "img-size": {
     arg: "N",
     type: "string",
@@ -233,25 +223,10 @@ const FLAGS: Record<string, Flag> = {
     default: "32",
     help: "images per backbone pass when extracting features",
   },
-  "threads": {
-    arg: "N",
-    type: "string",
-    default: "0",
-    help: "libtorch intra-op threads (0: the library default)",
-  },
-  "device": { arg: "DEVICE", type: "string", default: "cpu", help: "cpu, cuda or cuda:N" },
-  "limit-train": {
-    arg: "N",
-    type: "string",
-    help: "use only the first N training examples (smoke tests)",
-    shown: "all",
-  },
-  "limit-val": {
-    arg: "N",
-    type: "string",
-    help: "use only the first N validation examples (smoke tests)",
-    shown: "all",
-  },
+  "threads": COMMON_FLAGS.threads,
+  "device": COMMON_FLAGS.device,
+  "limit-train": COMMON_FLAGS["limit-train"],
+  "limit-val": COMMON_FLAGS["limit-val"],
   "report": {
     arg: "FILE.md",
     type: "string",
@@ -259,61 +234,22 @@ const FLAGS: Record<string, Flag> = {
       "per-class IoU, per-epoch losses)",
     shown: "none",
   },
-  "quiet": { type: "boolean", help: "no progress lines on stderr", shown: "false" },
-  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
-};
+  "quiet": COMMON_FLAGS.quiet,
+  "help": COMMON_FLAGS.help,
+} satisfies FlagTable;
 
-function helpText(): string {
-  const lines = [
-    `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] [--data SPEC] [flags]`,
-    "",
-    "Linear segmentation probe of a frozen ViT (Leopart's protocol): patch tokens upsampled to",
-    "the mask size, a 1×1 convolution trained with SGD and cross-entropy (ignoring 255), then",
-    "mIoU (all classes, background included) and pixel accuracy over the validation set.",
-    "The probe also reports its final training loss next to the class-prior baseline's; when it",
-    "does not beat it clearly it is flagged fitted: false (its mIoU then measures nothing).",
-    "Progress on stderr; the last stdout line is JSON (mIoU, accuracy, IoUs in %).",
-    "",
-    "Flags:",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
-    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${f.shown ?? f.default})`);
-  }
-  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
-  return lines.join("\n");
-}
+const HELP_INTRO = [
+  `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] [--data SPEC] [flags]`,
+  "",
+  "Linear segmentation probe of a frozen ViT (Leopart's protocol): patch tokens upsampled to",
+  "the mask size, a 1×1 convolution trained with SGD and cross-entropy (ignoring 255), then",
+  "mIoU (all classes, background included) and pixel accuracy over the validation set.",
+  "The probe also reports its final training loss next to the class-prior baseline's; when it",
+  "does not beat it clearly it is flagged fitted: false (its mIoU then measures nothing).",
+  "Progress on stderr; the last stdout line is JSON (mIoU, accuracy, IoUs in %).",
+];
 
-function posInt(flag: string, value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be a positive integer, got "${value}"`);
-  }
-  return Number(value);
-}
-
-function nonNegInt(flag: string, value: string): number {
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be a non-negative integer, got "${value}"`);
-  }
-  return Number(value);
-}
-
-function num(flag: string, value: string, ok: (v: number) => boolean, what: string): number {
-  const v = Number(value);
-  if (value.trim() === "" || !Number.isFinite(v) || !ok(v)) {
-    throw new UsageError(`--${flag} must be ${what}, got "${value}"`);
-  }
-  return v;
-}
-
-interface Config {
-  weights: string | null;
-  which: "teacher" | "student";
-  arch: string | null;
-  patchSize: number | null;
-  imgSize: number | null;
-  learnableRefToken: boolean;
-  seed: number;
+interface Config extends BackboneFlags {
   data: "fashion-scenes" | "voc";
   root: string | null;
   trainSplit: string;
@@ -347,52 +283,15 @@ interface Config {
 }
 
 function parseFlags(args: string[]): Config | null {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    const options = Object.fromEntries(
-      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
-    ) as Record<string, { type: "string" | "boolean" }>;
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (values.help) return null;
-  const str = (k: string): string | null => {
-    const v = values[k];
-    return typeof v === "string" ? v : null;
-  };
-  const get = (k: string): string => str(k) ?? FLAGS[k].default!;
-  const given = (k: string) => str(k) !== null;
+  const v = readFlags(FLAGS, args);
+  if (v === null) return null;
 
-  const weights = str("weights");
-  if (weights === "") throw new UsageError("--weights needs a path");
-  const which = get("which");
-  if (which !== "teacher" && which !== "student") {
-    throw new UsageError(`--which must be teacher or student, got "${which}"`);
-  }
-  if (weights === null && which === "student") {
-    throw new UsageError("--which student needs --weights (a run directory or checkpoint)");
-  }
-  const arch = str("arch");
-  if (arch !== null && !ARCHS[arch]) {
-    throw new UsageError(
-      `--arch: unknown architecture "${arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`,
-    );
-  }
-  const patchSize = given("patch-size") ? posInt("patch-size", get("patch-size")) : null;
-  const imgSize = given("img-size") ? posInt("img-size", get("img-size")) : null;
-  if (patchSize !== null && imgSize !== null && imgSize % patchSize !== 0) {
-    throw new UsageError(`--img-size ${imgSize} is not a multiple of --patch-size ${patchSize}`);
-  }
-  if (weights !== null && values["learnable-ref-token"]) {
+  const bb = readBackboneFlags(v);
+  if (bb.weights !== null && bb.learnableRefToken) {
     throw new UsageError("--learnable-ref-token applies to random init only; drop it or --weights");
   }
-  const seedText = get("seed");
-  if (!/^-?\d+$/.test(seedText) || !Number.isSafeInteger(Number(seedText))) {
-    throw new UsageError(`--seed must be an integer, got "${seedText}"`);
-  }
 
-  const spec = get("data");
+  const spec = v.get("data");
   let data: Config["data"];
   let root: string | null = null;
   if (spec === "fashion-scenes") data = spec;
@@ -403,126 +302,94 @@ function parseFlags(args: string[]): Config | null {
     throw new UsageError(`--data must be fashion-scenes or voc:PATH, got "${spec}"`);
   }
   const fs = data === "fashion-scenes";
-  for (const f of ["scenes", "val-scenes", "scene-size", "scene-seed"]) {
-    if (given(f) && !fs) throw new UsageError(`--${f} applies to --data fashion-scenes only`);
+  for (const f of ["scenes", "val-scenes", "scene-size", "scene-seed"] as const) {
+    if (v.given(f) && !fs) throw new UsageError(`--${f} applies to --data fashion-scenes only`);
   }
-  for (const f of ["train-split", "val-split"]) {
-    if (given(f) && fs) throw new UsageError(`--${f} applies to --data voc:PATH only`);
+  for (const f of ["train-split", "val-split"] as const) {
+    if (v.given(f) && fs) throw new UsageError(`--${f} applies to --data voc:PATH only`);
   }
-  const sceneSize = posInt("scene-size", get("scene-size"));
+  const sceneSize = positiveInt("scene-size", v.get("scene-size"));
   if (sceneSize < 8 || sceneSize > 1024) {
     throw new UsageError(`--scene-size must be in 8..1024, got ${sceneSize}`);
   }
-  const inputSize = given("input-size")
-    ? posInt("input-size", get("input-size"))
+  const inputSize = v.given("input-size")
+    ? positiveInt("input-size", v.get("input-size"))
     : (fs ? sceneSize : L.inputSize);
-  const maskSize = given("mask-size")
-    ? posInt("mask-size", get("mask-size"))
+  const maskSize = v.given("mask-size")
+    ? positiveInt("mask-size", v.get("mask-size"))
     : (fs ? Math.max(1, Math.round(inputSize / 2)) : L.maskSize);
   const base = fs ? F : L;
-  const scaleText = get("crop-scale");
+  const scaleText = v.get("crop-scale");
   const scale = scaleText.split(",").map((s) => Number(s.trim()));
   if (
-    scale.length !== 2 || scale.some((v) => !Number.isFinite(v)) || !(scale[0] > 0) ||
+    scale.length !== 2 || scale.some((x) => !Number.isFinite(x)) || !(scale[0] > 0) ||
     !(scale[0] <= scale[1]) || !(scale[1] <= 1)
   ) {
     throw new UsageError(
       `--crop-scale must be "lo,hi" with 0 < lo ≤ hi ≤ 1 (e.g. 0.8,1), got "${scaleText}"`,
     );
   }
-  const featureDtype = get("feature-dtype");
+  const featureDtype = v.get("feature-dtype");
   if (featureDtype !== "float32" && featureDtype !== "float16") {
     throw new UsageError(`--feature-dtype must be float32 or float16, got "${featureDtype}"`);
   }
-  const device = get("device");
-  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
-    throw new UsageError(`--device must be cpu, cuda or cuda:N, got "${device}"`);
-  }
-  const cache = str("cache");
-  if (cache === "") throw new UsageError("--cache needs a directory");
-  const recompute = values["no-cache"] === true;
+  const device = checkDevice(v.get("device"));
+  const cache = v.path("cache", "a directory");
+  const recompute = v.bool("no-cache");
   if (recompute && cache !== null) {
     throw new UsageError("--cache and --no-cache contradict each other: give one");
   }
-  if (recompute && given("feature-dtype")) {
+  if (recompute && v.given("feature-dtype")) {
     throw new UsageError("--feature-dtype applies to cached features; drop it with --no-cache");
   }
-  const report = str("report");
-  if (report === "") throw new UsageError("--report needs a file name");
+  const report = v.path("report", "a file name");
+  const nonNeg = (x: number) => x >= 0;
 
   return {
-    weights,
-    which,
-    arch,
-    patchSize,
-    imgSize,
-    learnableRefToken: values["learnable-ref-token"] === true,
-    seed: Number(seedText),
+    ...bb,
     data,
     root,
-    trainSplit: get("train-split"),
-    valSplit: get("val-split"),
-    scenes: posInt("scenes", get("scenes")),
-    valScenes: posInt("val-scenes", get("val-scenes")),
+    trainSplit: v.get("train-split"),
+    valSplit: v.get("val-split"),
+    scenes: positiveInt("scenes", v.get("scenes")),
+    valScenes: positiveInt("val-scenes", v.get("val-scenes")),
     sceneSize,
-    sceneSeed: nonNegInt("scene-seed", get("scene-seed")),
+    sceneSeed: nonNegativeInt("scene-seed", v.get("scene-seed")),
     inputSize,
     maskSize,
-    epochs: posInt("epochs", get("epochs")),
-    lr: given("lr") ? num("lr", get("lr"), (v) => v > 0, "a positive number") : base.lr,
-    momentum: num("momentum", get("momentum"), (v) => v >= 0, "a non-negative number"),
-    weightDecay: num("weight-decay", get("weight-decay"), (v) => v >= 0, "a non-negative number"),
-    milestone: nonNegInt("milestone", get("milestone")),
-    gamma: num("gamma", get("gamma"), (v) => v >= 0, "a non-negative number"),
-    batchSize: given("batch-size") ? posInt("batch-size", get("batch-size")) : base.batchSize,
+    epochs: positiveInt("epochs", v.get("epochs")),
+    lr: v.given("lr") ? number("lr", v.get("lr"), (x) => x > 0, "a positive number") : base.lr,
+    momentum: number("momentum", v.get("momentum"), nonNeg, "a non-negative number"),
+    weightDecay: number("weight-decay", v.get("weight-decay"), nonNeg, "a non-negative number"),
+    milestone: nonNegativeInt("milestone", v.get("milestone")),
+    gamma: number("gamma", v.get("gamma"), nonNeg, "a non-negative number"),
+    batchSize: v.given("batch-size")
+      ? positiveInt("batch-size", v.get("batch-size"))
+      : base.batchSize,
     scale: [scale[0], scale[1]],
-    flip: num("flip", get("flip"), (v) => v >= 0 && v <= 1, "a probability in [0, 1]"),
-    fitMargin: num("fit-margin", get("fit-margin"), (v) => v >= 0 && v < 1, "in [0, 1)"),
+    flip: number("flip", v.get("flip"), (x) => x >= 0 && x <= 1, "a probability in [0, 1]"),
+    fitMargin: number("fit-margin", v.get("fit-margin"), (x) => x >= 0 && x < 1, "in [0, 1)"),
     cache,
     recompute,
     featureDtype,
-    extractBatchSize: posInt("extract-batch-size", get("extract-batch-size")),
-    threads: nonNegInt("threads", get("threads")),
-    device: device as Device,
-    limitTrain: given("limit-train") ? posInt("limit-train", get("limit-train")) : undefined,
-    limitVal: given("limit-val") ? posInt("limit-val", get("limit-val")) : undefined,
+    extractBatchSize: positiveInt("extract-batch-size", v.get("extract-batch-size")),
+    threads: nonNegativeInt("threads", v.get("threads")),
+    device,
+    limitTrain: v.given("limit-train")
+      ? positiveInt("limit-train", v.get("limit-train"))
+      : undefined,
+    limitVal: v.given("limit-val") ? positiveInt("limit-val", v.get("limit-val")) : undefined,
     report,
-    quiet: values.quiet === true,
+    quiet: v.bool("quiet"),
   };
 }
 
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
-
-async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
+const log = logger(NAME);
 
 async function checkPaths(cfg: Config): Promise<void> {
-  if (cfg.report !== null) {
-    const st = await statOrNull(cfg.report);
-    if (st?.isDirectory) throw new UsageError(`--report: ${cfg.report} is a directory`);
-    const dir = dirname(cfg.report);
-    const d = await statOrNull(dir);
-    if (d === null || !d.isDirectory) {
-      throw new UsageError(`--report: directory ${dir} does not exist`);
-    }
-  }
-  if (cfg.cache !== null) {
-    const st = await statOrNull(cfg.cache);
-    if (st !== null && !st.isDirectory) {
-      throw new UsageError(`--cache: ${cfg.cache} exists and is not a directory`);
-    }
-  }
-  if (cfg.device !== "cpu" && !cuda.isAvailable()) {
-    throw new UsageError(`--device ${cfg.device}: CUDA is not available in this libtorch`);
-  }
+  if (cfg.report !== null) await checkOutputFile("report", cfg.report);
+  if (cfg.cache !== null) await checkOutputDir("cache", cfg.cache);
+  checkDeviceAvailable(cfg.device);
 }
 
 interface Data {
@@ -579,37 +446,20 @@ function round(v: number, digits = 6): number | null {
 
 async function main(args: string[]): Promise<number> {
   const cfg = parseFlags(args);
-  if (cfg === null) {
-    console.log(helpText());
-    return 0;
-  }
+  if (cfg === null) return printHelp(FLAGS, HELP_INTRO);
   await checkPaths(cfg);
   const t0 = performance.now();
   if (cfg.threads > 0) setNumThreads(cfg.threads);
 
   const random = cfg.weights === null;
   // random init: the model's image size defaults to the input size, which must fit the patch
-  if (random && cfg.imgSize === null && cfg.inputSize % (cfg.patchSize ?? 16) !== 0) {
+  const patch = cfg.patchSize ?? RANDOM_BACKBONE.patchSize;
+  if (random && cfg.imgSize === null && cfg.inputSize % patch !== 0) {
     throw new UsageError(
-      `--input-size ${cfg.inputSize} is not a multiple of the patch size ${cfg.patchSize ?? 16}`,
+      `--input-size ${cfg.inputSize} is not a multiple of the patch size ${patch}`,
     );
   }
-  let backbone: LoadedBackbone;
-  try {
-    backbone = await loadBackbone({
-      weights: cfg.weights ?? undefined,
-      which: cfg.which,
-      arch: cfg.arch ?? (random ? "vit_small" : undefined),
-      patchSize: cfg.patchSize ?? (random ? 16 : undefined),
-      imgSize: cfg.imgSize ?? (random ? cfg.inputSize : undefined),
-      learnableRefToken: random ? cfg.learnableRefToken : undefined,
-      seed: cfg.seed,
-      device: cfg.device,
-    });
-  } catch (e) {
-    if (e instanceof EvalError) throw new UsageError(`${random ? "" : "--weights: "}${e.message}`);
-    throw e;
-  }
+  const backbone = await loadBackboneFromFlags(cfg, cfg.inputSize, cfg.device);
   try {
     log(
       `backbone: ${backbone.source} (${backbone.arch}/${backbone.patchSize}, trained at ` +
@@ -702,20 +552,11 @@ async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    const bad = e instanceof UsageError || e instanceof EvalError || e instanceof DatasetError ||
-      e instanceof ImageError ||
-      (e instanceof RangeError && /^fashion-scenes:/.test(e.message));
-    if (bad) {
-      console.error(`${NAME}: error: ${(e as Error).message}\nRun with --help to list the flags.`);
-      code = 2;
-    } else {
-      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
-      code = 1;
-    }
-  }
-  Deno.exit(code);
+  await runMain(
+    NAME,
+    main,
+    (e) =>
+      e instanceof EvalError || e instanceof DatasetError || e instanceof ImageError ||
+      (e instanceof RangeError && /^fashion-scenes:/.test(e.message)),
+  );
 }

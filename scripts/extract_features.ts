@@ -16,13 +16,9 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { dirname } from "node:path";
 import {
   ARCHS,
   cat,
-  checkMaskMode,
-  cuda,
   DEFAULT_MASK_MODE,
   type Device,
   freeAll,
@@ -40,22 +36,29 @@ import {
   type Tensor,
   type VisionTransformer,
 } from "../mod.ts";
-import { EvalError, loadBackbone, type LoadedBackbone } from "../lib/eval/backbone.ts";
+import { EvalError, loadBackbone } from "../lib/eval/backbone.ts";
+import {
+  checkArch,
+  checkDevice,
+  checkDeviceAvailable,
+  checkMaskModeFlag,
+  checkOutputFile,
+  COMMON_FLAGS,
+  type FlagTable,
+  integer,
+  logger,
+  positiveInt,
+  printHelp,
+  readFlags,
+  runMain,
+  statOrNull,
+  UsageError,
+  usageOn,
+} from "./_cli.ts";
 
 const NAME = "extract_features";
 
-/** Bad flags or input: reported with exit code 2. */
-class UsageError extends Error {}
-
-interface Flag {
-  type: "string" | "boolean";
-  arg?: string;
-  default?: string;
-  help: string;
-  shown?: string;
-}
-
-const FLAGS: Record<string, Flag> = {
+const FLAGS = {
   "arch": {
     arg: "NAME",
     type: "string",
@@ -124,7 +127,7 @@ const FLAGS: Record<string, Flag> = {
     shown: "false",
   },
   "batch-size": { arg: "N", type: "string", default: "32", help: "images per forward pass" },
-  "device": { arg: "DEVICE", type: "string", default: "cpu", help: "cpu, cuda or cuda:N" },
+  "device": COMMON_FLAGS.device,
   "seed": {
     arg: "N",
     type: "string",
@@ -139,54 +142,18 @@ const FLAGS: Record<string, Flag> = {
       "(a JSON array of the file names in row order)",
     shown: "required",
   },
-  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
-};
+  "help": COMMON_FLAGS.help,
+} satisfies FlagTable;
 
-function helpText(): string {
-  const lines = [
-    `Usage: deno run -A scripts/${NAME}.ts (--input X.safetensors | --images DIR) ` +
-    `--out Y.safetensors [flags]`,
-    "",
-    "Class, patch and reference-token features of a ViT, in eval mode without gradients.",
-    "Progress on stderr; the last stdout line is JSON with the output shapes.",
-    "",
-    "Flags:",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
-    const def = f.shown ?? (f.default === "" ? '""' : f.default);
-    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${def})`);
-  }
-  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
-  return lines.join("\n");
-}
+const HELP_INTRO = [
+  `Usage: deno run -A scripts/${NAME}.ts (--input X.safetensors | --images DIR) ` +
+  `--out Y.safetensors [flags]`,
+  "",
+  "Class, patch and reference-token features of a ViT, in eval mode without gradients.",
+  "Progress on stderr; the last stdout line is JSON with the output shapes.",
+];
 
-function posInt(flag: string, value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be a positive integer, got "${value}"`);
-  }
-  return Number(value);
-}
-
-function integer(flag: string, value: string): number {
-  if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
-    throw new UsageError(`--${flag} must be an integer, got "${value}"`);
-  }
-  return Number(value);
-}
-
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
-
-async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
+const log = logger(NAME);
 
 interface Config {
   arch: string;
@@ -207,41 +174,18 @@ interface Config {
 }
 
 function parseFlags(args: string[]): Config | null {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    const options = Object.fromEntries(
-      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
-    ) as Record<string, { type: "string" | "boolean" }>;
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (values.help) return null;
-  const str = (k: string): string | null => {
-    const v = values[k];
-    return typeof v === "string" ? v : null;
-  };
-  const get = (k: string): string => str(k) ?? FLAGS[k].default!;
+  const v = readFlags(FLAGS, args);
+  if (v === null) return null;
 
-  const arch = get("arch");
-  if (!ARCHS[arch]) {
-    throw new UsageError(
-      `--arch: unknown architecture "${arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`,
-    );
-  }
-  const patchSize = posInt("patch-size", get("patch-size"));
-  const imgSize = posInt("img-size", get("img-size"));
+  const arch = checkArch(v.get("arch"));
+  const patchSize = positiveInt("patch-size", v.get("patch-size"));
+  const imgSize = positiveInt("img-size", v.get("img-size"));
   if (imgSize % patchSize !== 0) {
     throw new UsageError(`--img-size ${imgSize} is not a multiple of --patch-size ${patchSize}`);
   }
-  let maskMode: MaskMode;
-  try {
-    maskMode = checkMaskMode(get("mask-mode"), "--mask-mode");
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  const input = str("input");
-  const images = str("images");
+  const maskMode = checkMaskModeFlag(v.get("mask-mode"));
+  const input = v.str("input");
+  const images = v.str("images");
   if (input !== null && images !== null) {
     throw new UsageError("give either --input or --images, not both");
   }
@@ -251,12 +195,12 @@ function parseFlags(args: string[]): Config | null {
   if (input === "" || images === "") {
     throw new UsageError(`--${input === "" ? "input" : "images"} needs a path`);
   }
-  const out = str("out");
+  const out = v.str("out");
   if (out === null || out === "") {
     throw new UsageError("--out Y.safetensors is required");
   }
-  const size = posInt("size", get("size"));
-  const resize = str("resize") === null ? size : posInt("resize", str("resize")!);
+  const size = positiveInt("size", v.get("size"));
+  const resize = v.str("resize") === null ? size : positiveInt("resize", v.str("resize")!);
   if (images !== null) {
     if (size % patchSize !== 0) {
       throw new UsageError(`--size ${size} is not a multiple of --patch-size ${patchSize}`);
@@ -265,16 +209,12 @@ function parseFlags(args: string[]): Config | null {
       throw new UsageError(`--resize ${resize} is smaller than the crop --size ${size}`);
     }
   }
-  const device = get("device");
-  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
-    throw new UsageError(`--device must be cpu, cuda or cuda:N, got "${device}"`);
-  }
-  const weights = str("weights");
-  if (weights === "") throw new UsageError("--weights needs a path");
-  if (weights === null && str("key-prefix")) {
+  const device = checkDevice(v.get("device"));
+  const weights = v.path("weights");
+  if (weights === null && v.str("key-prefix")) {
     throw new UsageError("--key-prefix selects keys of --weights, which is not given");
   }
-  if (input !== null && (str("size") !== null || str("resize") !== null)) {
+  if (input !== null && (v.str("size") !== null || v.str("resize") !== null)) {
     log("warning: --size and --resize apply to --images only; ignored with --input");
   }
   return {
@@ -282,16 +222,16 @@ function parseFlags(args: string[]): Config | null {
     patchSize,
     imgSize,
     weights,
-    keyPrefix: get("key-prefix"),
+    keyPrefix: v.get("key-prefix"),
     input,
     images,
     size,
     resize,
     maskMode,
-    learnableRefToken: values["learnable-ref-token"] === true,
-    batchSize: posInt("batch-size", get("batch-size")),
-    device: device as Device,
-    seed: integer("seed", get("seed")),
+    learnableRefToken: v.bool("learnable-ref-token"),
+    batchSize: positiveInt("batch-size", v.get("batch-size")),
+    device,
+    seed: integer("seed", v.get("seed")),
     out,
   };
 }
@@ -312,25 +252,16 @@ async function checkPaths(cfg: Config): Promise<void> {
     if (st === null) throw new UsageError(`--images: ${cfg.images}: directory not found`);
     if (!st.isDirectory) throw new UsageError(`--images: ${cfg.images} is not a directory`);
   }
-  const outSt = await statOrNull(cfg.out);
-  if (outSt?.isDirectory) throw new UsageError(`--out: ${cfg.out} is a directory`);
-  const dir = dirname(cfg.out);
-  const dirSt = await statOrNull(dir);
-  if (dirSt === null || !dirSt.isDirectory) {
-    throw new UsageError(`--out: directory ${dir} does not exist`);
-  }
-  if (cfg.device !== "cpu" && !cuda.isAvailable()) {
-    throw new UsageError(`--device ${cfg.device}: CUDA is not available in this libtorch`);
-  }
+  await checkOutputFile("out", cfg.out);
+  checkDeviceAvailable(cfg.device);
 }
 
 async function buildModel(cfg: Config): Promise<VisionTransformer> {
   if (cfg.weights === null) log(`no --weights: random initialisation (seed ${cfg.seed})`);
-  let b: LoadedBackbone;
-  try {
-    // the one loader of frozen backbones: random init from the seed, or exactly the keys
-    // under --key-prefix; the flags (with their defaults) must describe the weights
-    b = await loadBackbone({
+  // the one loader of frozen backbones: random init from the seed, or exactly the keys
+  // under --key-prefix; the flags (with their defaults) must describe the weights
+  const b = await usageOn([EvalError], "--weights: ", () =>
+    loadBackbone({
       weights: cfg.weights ?? undefined,
       keyPrefix: cfg.weights === null ? undefined : cfg.keyPrefix,
       arch: cfg.arch,
@@ -339,11 +270,7 @@ async function buildModel(cfg: Config): Promise<VisionTransformer> {
       learnableRefToken: cfg.learnableRefToken,
       seed: cfg.seed,
       device: cfg.device,
-    });
-  } catch (e) {
-    if (e instanceof EvalError) throw new UsageError(`--weights: ${e.message}`);
-    throw e;
-  }
+    }));
   if (cfg.weights !== null) {
     log(`loaded ${cfg.weights}${cfg.keyPrefix ? ` (keys under "${cfg.keyPrefix}")` : ""}`);
   }
@@ -357,12 +284,7 @@ async function readInput(
   cfg: Config,
 ): Promise<{ images: Tensor; points: Tensor | null }> {
   const path = cfg.input!;
-  let tensors: Record<string, Tensor>;
-  try {
-    ({ tensors } = await loadSafetensors(path));
-  } catch (e) {
-    throw new UsageError(`--input: ${(e as Error).message}`);
-  }
+  const { tensors } = await usageOn([Error], "--input: ", () => loadSafetensors(path));
   try {
     const names = Object.keys(tensors);
     const images = tensors["images"];
@@ -515,10 +437,7 @@ async function* imageBatches(
 
 async function main(args: string[]): Promise<number> {
   const cfg = parseFlags(args);
-  if (cfg === null) {
-    console.log(helpText());
-    return 0;
-  }
+  if (cfg === null) return printHelp(FLAGS, HELP_INTRO);
   await checkPaths(cfg);
 
   // inputs are validated before the (possibly slow) model load
@@ -637,18 +556,4 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`${NAME}: error: ${e.message}\nRun with --help to list the flags.`);
-      code = 2;
-    } else {
-      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
-      code = 1;
-    }
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(NAME, main);

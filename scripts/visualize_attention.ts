@@ -47,16 +47,11 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import {
   ARCHS,
   Canvas,
-  checkMaskMode,
-  cuda,
-  DatasetError,
   DEFAULT_MASK_MODE,
   type Device,
-  FashionScenes,
   type FashionScenesOptions,
   freeAll,
   fromTypedArray,
@@ -85,25 +80,37 @@ import {
   renderMask,
   type SheetTile,
 } from "../lib/eval/attention.ts";
-import { EvalError, loadBackbone, type LoadedBackbone } from "../lib/eval/backbone.ts";
+import type { LoadedBackbone } from "../lib/eval/backbone.ts";
+import {
+  checkArch,
+  checkDevice,
+  checkDeviceAvailable,
+  checkMaskModeFlag,
+  checkWhich,
+  COMMON_FLAGS,
+  type FlagTable,
+  integer,
+  loadBackboneFromFlags,
+  logger,
+  number,
+  openScenes,
+  printHelp,
+  RANDOM_BACKBONE,
+  readFlags,
+  readImageOrData,
+  readSceneFlags,
+  runMain,
+  SCENE_FLAGS,
+  UsageError,
+  usageOn,
+} from "./_cli.ts";
 
 const NAME = "visualize_attention";
 
-/** Bad flags or input: reported with exit code 2. */
-class UsageError extends Error {}
-
-interface Flag {
-  type: "string" | "boolean";
-  arg?: string;
-  default?: string;
-  help: string;
-  shown?: string;
-}
-
 /** Random-init defaults (with --weights, the model's shape is read from the weights). */
-const RANDOM_INIT = { arch: "vit_small", patchSize: 16, imgSize: 224 };
+const RANDOM_INIT = { ...RANDOM_BACKBONE, imgSize: 224 };
 
-const FLAGS: Record<string, Flag> = {
+const FLAGS = {
   "weights": {
     arg: "PATH",
     type: "string",
@@ -141,7 +148,7 @@ const FLAGS: Record<string, Flag> = {
     default: "0",
     help: "seed of the random initialisation (without --weights) and of --point-sampling random",
   },
-  "device": { arg: "DEVICE", type: "string", default: "cpu", help: "cpu, cuda or cuda:N" },
+  "device": COMMON_FLAGS.device,
   "image": {
     arg: "PATH",
     type: "string",
@@ -255,54 +262,21 @@ const FLAGS: Record<string, Flag> = {
     help: "output directory (created if missing; files in it are overwritten)",
     shown: "required",
   },
-  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
-};
+  "help": COMMON_FLAGS.help,
+} satisfies FlagTable;
 
-function helpText(): string {
-  const lines = [
-    `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] --image PATH --out DIR [flags]`,
-    `       deno run -A scripts/${NAME}.ts [--weights PATH] --data fashion-scenes --index I[,J…] ` +
-    `--out DIR [flags]`,
-    "",
-    "Writes the last block's class-token attention maps (per head and mean) and each reference",
-    "token's attention map of a frozen ViT as heat maps over the image, DINO's thresholded masks",
-    "(--threshold), a contact sheet per image, attention.safetensors (raw maps) and",
-    "attention.json. Progress on stderr; the last stdout line is JSON.",
-    "",
-    "Flags:",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
-    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${f.shown ?? f.default})`);
-  }
-  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
-  return lines.join("\n");
-}
+const HELP_INTRO = [
+  `Usage: deno run -A scripts/${NAME}.ts [--weights PATH] --image PATH --out DIR [flags]`,
+  `       deno run -A scripts/${NAME}.ts [--weights PATH] --data fashion-scenes --index I[,J…] ` +
+  `--out DIR [flags]`,
+  "",
+  "Writes the last block's class-token attention maps (per head and mean) and each reference",
+  "token's attention map of a frozen ViT as heat maps over the image, DINO's thresholded masks",
+  "(--threshold), a contact sheet per image, attention.safetensors (raw maps) and",
+  "attention.json. Progress on stderr; the last stdout line is JSON.",
+];
 
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
-
-function integer(flag: string, value: string, min: number): number {
-  if (
-    !/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(Number(value)) || Number(value) < min
-  ) {
-    throw new UsageError(
-      `--${flag} must be an integer${min > -Infinity ? ` ≥ ${min}` : ""}, got "${value}"`,
-    );
-  }
-  return Number(value);
-}
-
-function number(flag: string, value: string, lo: number, hi: number, loOpen = false): number {
-  const v = Number(value);
-  if (value.trim() === "" || !Number.isFinite(v) || (loOpen ? v <= lo : v < lo) || v > hi) {
-    throw new UsageError(
-      `--${flag} must be a number in ${loOpen ? "(" : "["}${lo}, ${hi}], got "${value}"`,
-    );
-  }
-  return v;
-}
+const log = logger(NAME);
 
 /** Where the images come from. */
 type Source =
@@ -356,81 +330,39 @@ function parsePoints(value: string): [number, number][] {
 }
 
 function parseFlags(args: string[]): Config | null {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    const options = Object.fromEntries(
-      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
-    ) as Record<string, { type: "string" | "boolean" }>;
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (values.help) return null;
-  const str = (k: string): string | null => {
-    const v = values[k];
-    return typeof v === "string" ? v : null;
-  };
-  const given = (k: string): boolean => str(k) !== null;
-  const dflt = (k: string): string => str(k) ?? FLAGS[k].default!;
+  const v = readFlags(FLAGS, args);
+  if (v === null) return null;
 
-  const which = dflt("which");
-  if (which !== "teacher" && which !== "student") {
-    throw new UsageError(`--which must be teacher or student, got "${which}"`);
-  }
-  const arch = str("arch") ?? undefined;
-  if (arch !== undefined && !ARCHS[arch]) {
-    throw new UsageError(
-      `--arch: unknown architecture "${arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`,
-    );
-  }
-  const weights = str("weights") ?? undefined;
+  const which = checkWhich(v.get("which"));
+  const arch = v.given("arch") ? checkArch(v.get("arch")) : undefined;
+  const weights = v.str("weights") ?? undefined;
   if (weights === "") throw new UsageError("--weights: an empty path was given");
-  const device = dflt("device");
-  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
-    throw new UsageError(`--device must be cpu, cuda or cuda:N, got "${device}"`);
-  }
+  const device = checkDevice(v.get("device"));
 
-  const image = str("image");
-  const data = str("data");
-  const dataFlags = ["index", "split", "count", "scene-seed", "scene-size"];
+  const { image, data } = readImageOrData(v, ["index", ...SCENE_FLAGS]);
   let source: Source;
-  if (data === null) {
-    if (image === null || image === "") {
-      throw new UsageError("--image PATH (or --data fashion-scenes --index I) is required");
-    }
-    const stray = dataFlags.find(given);
-    if (stray !== undefined) throw new UsageError(`--${stray} needs --data`);
+  if (image !== undefined) {
     source = { kind: "image", path: image };
   } else {
-    if (image !== null) throw new UsageError("give --image or --data, not both");
     if (data !== "fashion-scenes") {
       throw new UsageError(`--data must be fashion-scenes, got "${data}"`);
     }
-    const index = str("index");
+    const index = v.str("index");
     if (index === null) throw new UsageError(`--data ${data} needs --index I[,J…]`);
-    const indices = index.split(",").map((s) => integer("index", s, 0));
+    // the list may have spaces after its commas ("0, 2")
+    const indices = index.split(",").map((s) => integer("index", s.trim(), 0));
     if (new Set(indices).size !== indices.length) {
       throw new UsageError(`--index lists an example twice: "${index}"`);
     }
-    const split = dflt("split");
-    if (split !== "train" && split !== "val") {
-      throw new UsageError(`--split must be train or val, got "${split}"`);
-    }
-    const scenes: FashionScenesOptions = {
-      split,
-      seed: integer("scene-seed", dflt("scene-seed"), 0),
-      size: integer("scene-size", dflt("scene-size"), 8),
-    };
-    if (given("count")) scenes.count = integer("count", str("count")!, 1);
-    source = { kind: "fashion-scenes", indices, scenes };
+    source = { kind: "fashion-scenes", indices, scenes: readSceneFlags(v) };
   }
 
   let points: PointSpec;
-  if (given("points")) {
-    points = { kind: "given", points: parsePoints(str("points")!) };
+  if (v.given("points")) {
+    points = { kind: "given", points: parsePoints(v.get("points")) };
   } else {
-    const n = integer("num-points", dflt("num-points"), 0);
-    const mode = dflt("point-sampling");
+    const n = integer("num-points", v.get("num-points"), 0);
+    const mode = v.get("point-sampling");
     if (mode !== "grid" && mode !== "random") {
       throw new UsageError(`--point-sampling must be grid or random, got "${mode}"`);
     }
@@ -442,39 +374,38 @@ function parseFlags(args: string[]): Config | null {
     points = { kind: mode, n };
   }
 
-  let maskMode: MaskMode;
-  try {
-    maskMode = checkMaskMode(dflt("mask-mode"), "--mask-mode");
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  const upsample = dflt("upsample");
+  const maskMode = checkMaskModeFlag(v.get("mask-mode"));
+  const upsample = v.get("upsample");
   if (upsample !== "nearest" && upsample !== "bilinear") {
     throw new UsageError(`--upsample must be nearest or bilinear, got "${upsample}"`);
   }
-  const colormap = dflt("colormap");
+  const colormap = v.get("colormap");
   if (!(COLORMAPS as readonly string[]).includes(colormap)) {
     throw new UsageError(`--colormap must be one of ${COLORMAPS.join(", ")}, got "${colormap}"`);
   }
-  const out = str("out");
+  const out = v.str("out");
   if (out === null || out === "") throw new UsageError("--out DIR is required");
+  const optInt = (k: "patch-size" | "img-size" | "size" | "zoom") =>
+    v.given(k) ? integer(k, v.get(k), 1) : undefined;
   return {
     weights,
     which,
     arch,
-    patchSize: given("patch-size") ? integer("patch-size", str("patch-size")!, 1) : undefined,
-    imgSize: given("img-size") ? integer("img-size", str("img-size")!, 1) : undefined,
-    seed: integer("seed", dflt("seed"), 0),
-    device: device as Device,
+    patchSize: optInt("patch-size"),
+    imgSize: optInt("img-size"),
+    seed: integer("seed", v.get("seed"), 0),
+    device,
     source,
-    size: given("size") ? integer("size", str("size")!, 1) : undefined,
+    size: optInt("size"),
     points,
     maskMode,
-    threshold: given("threshold") ? number("threshold", str("threshold")!, 0, 1, true) : null,
+    threshold: v.given("threshold")
+      ? number("threshold", v.get("threshold"), (x) => x > 0 && x <= 1, "a number in (0, 1]")
+      : null,
     upsample,
     colormap: colormap as ColormapName,
-    alpha: number("alpha", dflt("alpha"), 0, 1),
-    zoom: given("zoom") ? integer("zoom", str("zoom")!, 1) : undefined,
+    alpha: number("alpha", v.get("alpha"), (x) => x >= 0 && x <= 1, "a number in [0, 1]"),
+    zoom: optInt("zoom"),
     out,
   };
 }
@@ -517,30 +448,10 @@ function stem(path: string): string {
 
 async function loadInputs(src: Source): Promise<Input[]> {
   if (src.kind === "image") {
-    try {
-      const image = await loadImage(src.path);
-      return [{ name: stem(src.path), image, source: { kind: "image", path: src.path } }];
-    } catch (e) {
-      if (e instanceof ImageError) throw new UsageError(`--image: ${e.message}`);
-      throw e;
-    }
+    const image = await usageOn([ImageError], "--image: ", () => loadImage(src.path));
+    return [{ name: stem(src.path), image, source: { kind: "image", path: src.path } }];
   }
-  let ds: FashionScenes;
-  try {
-    ds = await FashionScenes.open(src.scenes);
-  } catch (e) {
-    if (e instanceof RangeError || e instanceof DatasetError) {
-      throw new UsageError(`--data fashion-scenes: ${e.message}`);
-    }
-    throw e;
-  }
-  const bad = src.indices.find((i) => i >= ds.length);
-  if (bad !== undefined) {
-    throw new UsageError(
-      `--index ${bad} is out of range: the ${ds.options.split} set has ${ds.length} scenes ` +
-        `(0..${ds.length - 1}; --count sets its size)`,
-    );
-  }
+  const ds = await openScenes(src.scenes, src.indices);
   const out: Input[] = [];
   for (const i of src.indices) {
     const { image, mask, label } = await ds.get(i);
@@ -571,35 +482,13 @@ const BLANK = (w: number, h: number) => new Canvas(w, h);
 
 async function main(args: string[]): Promise<number> {
   const cfg = parseFlags(args);
-  if (cfg === null) {
-    console.log(helpText());
-    return 0;
-  }
+  if (cfg === null) return printHelp(FLAGS, HELP_INTRO);
   const t0 = performance.now();
-  if (cfg.device !== "cpu" && !cuda.isAvailable()) {
-    throw new UsageError(`--device ${cfg.device}: CUDA is not available in this libtorch`);
-  }
+  checkDeviceAvailable(cfg.device);
   // the inputs first (a missing image fails before a large model loads)
   const inputs = await loadInputs(cfg.source);
   try {
-    const random = cfg.weights === undefined;
-    let bb: LoadedBackbone;
-    try {
-      bb = await loadBackbone({
-        weights: cfg.weights,
-        which: cfg.which,
-        arch: cfg.arch ?? (random ? RANDOM_INIT.arch : undefined),
-        patchSize: cfg.patchSize ?? (random ? RANDOM_INIT.patchSize : undefined),
-        imgSize: cfg.imgSize ?? (random ? RANDOM_INIT.imgSize : undefined),
-        seed: cfg.seed,
-        device: cfg.device,
-      });
-    } catch (e) {
-      if (e instanceof EvalError) {
-        throw new UsageError(random ? e.message : `--weights: ${e.message}`);
-      }
-      throw e;
-    }
+    const bb = await loadBackboneFromFlags(cfg, RANDOM_INIT.imgSize, cfg.device);
     try {
       const result = await visualizeAll(cfg, inputs, bb);
       const seconds = (performance.now() - t0) / 1000;
@@ -827,18 +716,4 @@ async function visualize(
   }
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`${NAME}: error: ${e.message}\nRun with --help to list the flags.`);
-      code = 2;
-    } else {
-      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
-      code = 1;
-    }
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(NAME, main);

@@ -46,14 +46,11 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import {
   applyViews,
-  DatasetError,
   DEFAULT_VIEW_OPTIONS,
   epochSeed,
   exampleSeed,
-  FashionScenes,
   type FashionScenesOptions,
   fromTypedArray,
   GeometryRng,
@@ -71,24 +68,29 @@ import {
   viewPlanToJson,
   type ViewSamplerOptions,
 } from "../mod.ts";
+import {
+  COMMON_FLAGS,
+  type FlagTable,
+  integer,
+  logger,
+  number,
+  openScenes,
+  printHelp,
+  readFlags,
+  readImageOrData,
+  readSceneFlags,
+  runMain,
+  SCENE_FLAGS,
+  UsageError,
+  usageOn,
+} from "./_cli.ts";
 
 const NAME = "visualize_views";
-
-/** Bad flags or input: reported with exit code 2. */
-class UsageError extends Error {}
-
-interface Flag {
-  type: "string" | "boolean";
-  arg?: string;
-  default?: string;
-  help: string;
-  shown?: string;
-}
 
 const D = DEFAULT_VIEW_OPTIONS;
 const pairText = (r: readonly [number, number]) => `${r[0]},${r[1]}`;
 
-const FLAGS: Record<string, Flag> = {
+const FLAGS = {
   "image": {
     arg: "PATH",
     type: "string",
@@ -225,55 +227,26 @@ const FLAGS: Record<string, Flag> = {
     default: String(D.flipProb),
     help: "probability of a horizontal flip per view",
   },
-  "help": { type: "boolean", help: "print this help and exit", shown: "false" },
-};
+  "help": COMMON_FLAGS.help,
+} satisfies FlagTable;
 
-function helpText(): string {
-  const lines = [
-    `Usage: deno run -A scripts/${NAME}.ts --image PATH --out DIR [flags]`,
-    `       deno run -A scripts/${NAME}.ts --data fashion-scenes --index I --out DIR [flags]`,
-    "",
-    "Samples DenseDINO views (crops, flips, reference points) of one image and writes each view",
-    "with its reference points drawn, a contact sheet and views.json. Progress on stderr; the",
-    "last stdout line is JSON.",
-    "",
-    "Geometry seed: with --image, GeometryRng(--seed); with --data, the training loader's seed",
-    "for the example, GeometryRng(exampleSeed(epochSeed(--seed, --epoch), --index)), so the",
-    "views are the geometry multiCropTransform draws for it in that epoch of a DataLoader with",
-    "seed --seed (photometric augmentations are not applied).",
-    "",
-    "Flags:",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const value = f.type === "boolean" ? "" : ` ${f.arg ?? "VALUE"}`;
-    lines.push(`  --${name}${value}`, `      ${f.help} (default: ${f.shown ?? f.default})`);
-  }
-  lines.push("", "Exit codes: 0 done, 2 bad flags or input, 1 other failures.");
-  return lines.join("\n");
-}
+const HELP_INTRO = [
+  `Usage: deno run -A scripts/${NAME}.ts --image PATH --out DIR [flags]`,
+  `       deno run -A scripts/${NAME}.ts --data fashion-scenes --index I --out DIR [flags]`,
+  "",
+  "Samples DenseDINO views (crops, flips, reference points) of one image and writes each view",
+  "with its reference points drawn, a contact sheet and views.json. Progress on stderr; the",
+  "last stdout line is JSON.",
+  "",
+  "Geometry seed: with --image, GeometryRng(--seed); with --data, the training loader's seed",
+  "for the example, GeometryRng(exampleSeed(epochSeed(--seed, --epoch), --index)), so the",
+  "views are the geometry multiCropTransform draws for it in that epoch of a DataLoader with",
+  "seed --seed (photometric augmentations are not applied).",
+];
 
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
+const log = logger(NAME);
 
-function integer(flag: string, value: string, min: number): number {
-  if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
-    throw new UsageError(
-      `--${flag} must be an integer${min > -Infinity ? ` ≥ ${min}` : ""}, got "${value}"`,
-    );
-  }
-  return Number(value);
-}
-
-function number(flag: string, value: string): number {
-  const v = Number(value);
-  if (value.trim() === "" || !Number.isFinite(v)) {
-    throw new UsageError(`--${flag} must be a number, got "${value}"`);
-  }
-  return v;
-}
-
-function pair(flag: string, value: string): [number, number] {
+function numberPair(flag: string, value: string): [number, number] {
   const parts = value.split(",");
   if (parts.length !== 2) {
     throw new UsageError(`--${flag} must be two numbers "LO,HI", got "${value}"`);
@@ -297,91 +270,55 @@ interface Config {
 }
 
 function parseFlags(args: string[]): Config | null {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    const options = Object.fromEntries(
-      Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]),
-    ) as Record<string, { type: "string" | "boolean" }>;
-    ({ values } = parseArgs({ args, options, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (values.help) return null;
-  const str = (k: string): string | null => {
-    const v = values[k];
-    return typeof v === "string" ? v : null;
-  };
-  const given = (k: string): boolean => str(k) !== null;
+  const v = readFlags(FLAGS, args);
+  if (v === null) return null;
 
-  const image = str("image");
-  const data = str("data");
-  const dataFlags = ["index", "split", "count", "scene-seed", "scene-size", "epoch"];
+  const { image, data } = readImageOrData(v, ["index", ...SCENE_FLAGS, "epoch"]);
   let source: Source;
-  if (data === null) {
-    if (image === null || image === "") {
-      throw new UsageError("--image PATH (or --data fashion-scenes --index I) is required");
-    }
-    const stray = dataFlags.find(given);
-    if (stray !== undefined) throw new UsageError(`--${stray} needs --data`);
+  if (image !== undefined) {
     source = { kind: "image", path: image };
   } else {
-    if (image !== null) throw new UsageError("give --image or --data, not both");
     if (!(DATA_SETS as readonly string[]).includes(data)) {
       throw new UsageError(`--data must be one of ${DATA_SETS.join(", ")}, got "${data}"`);
     }
-    const index = str("index");
+    const index = v.str("index");
     if (index === null) throw new UsageError(`--data ${data} needs --index I`);
-    const split = str("split") ?? FLAGS.split.default!;
-    if (split !== "train" && split !== "val") {
-      throw new UsageError(`--split must be train or val, got "${split}"`);
-    }
-    const scenes: FashionScenesOptions = {
-      split,
-      seed: integer("scene-seed", str("scene-seed") ?? FLAGS["scene-seed"].default!, 0),
-      size: integer("scene-size", str("scene-size") ?? FLAGS["scene-size"].default!, 8),
-    };
-    if (given("count")) scenes.count = integer("count", str("count")!, 1);
     source = {
       kind: "fashion-scenes",
+      scenes: readSceneFlags(v),
       index: integer("index", index, 0),
-      epoch: integer("epoch", str("epoch") ?? FLAGS.epoch.default!, 0),
-      scenes,
+      epoch: integer("epoch", v.get("epoch"), 0),
     };
   }
-  const out = str("out");
+  const out = v.str("out");
   if (out === null || out === "") throw new UsageError("--out DIR is required");
 
   // only the flags given override the sampler's defaults (so --ratio's shown default does not
   // round 4/3)
-  const opts: ViewSamplerOptions = {};
-  if (given("global-crops")) opts.globalCrops = integer("global-crops", str("global-crops")!, 1);
-  if (given("global-size")) opts.globalSize = integer("global-size", str("global-size")!, 1);
-  if (given("global-scale")) opts.globalScale = pair("global-scale", str("global-scale")!);
-  if (given("local-crops")) opts.localCrops = integer("local-crops", str("local-crops")!, 0);
-  if (given("local-size")) opts.localSize = integer("local-size", str("local-size")!, 1);
-  if (given("local-scale")) opts.localScale = pair("local-scale", str("local-scale")!);
-  if (given("ratio")) opts.ratio = pair("ratio", str("ratio")!);
-  if (given("num-ref")) opts.numRef = integer("num-ref", str("num-ref")!, 1);
-  if (given("sampling")) opts.sampling = str("sampling") as RefSampling;
-  if (given("min-intersection")) {
-    opts.minIntersection = number("min-intersection", str("min-intersection")!);
-  }
-  if (given("max-redraws")) opts.maxRedraws = integer("max-redraws", str("max-redraws")!, 0);
-  if (given("flip-prob")) opts.flipProb = number("flip-prob", str("flip-prob")!);
-  let views: ResolvedViewOptions;
-  try {
-    views = resolveViewOptions(opts);
-  } catch (e) {
-    if (e instanceof RangeError) throw new UsageError(e.message);
-    throw e;
-  }
-  const seedMin = source.kind === "image" ? -Infinity : 0;
-  return {
-    source,
-    out,
-    seed: integer("seed", str("seed") ?? FLAGS.seed.default!, seedMin),
-    views,
+  type IntFlag = "global-crops" | "global-size" | "local-crops" | "local-size" | "num-ref";
+  const int = (k: IntFlag | "max-redraws", min: number) =>
+    v.given(k) ? integer(k, v.get(k), min) : undefined;
+  const real = (k: "min-intersection" | "flip-prob") =>
+    v.given(k) ? number(k, v.get(k)) : undefined;
+  const pair = (k: "global-scale" | "local-scale" | "ratio") =>
+    v.given(k) ? numberPair(k, v.get(k)) : undefined;
+  const opts: ViewSamplerOptions = {
+    globalCrops: int("global-crops", 1),
+    globalSize: int("global-size", 1),
+    globalScale: pair("global-scale"),
+    localCrops: int("local-crops", 0),
+    localSize: int("local-size", 1),
+    localScale: pair("local-scale"),
+    ratio: pair("ratio"),
+    numRef: int("num-ref", 1),
+    sampling: v.given("sampling") ? v.get("sampling") as RefSampling : undefined,
+    minIntersection: real("min-intersection"),
+    maxRedraws: int("max-redraws", 0),
+    flipProb: real("flip-prob"),
   };
+  const views = usageOn([RangeError], "", () => resolveViewOptions(opts));
+  const seedMin = source.kind === "image" ? -Infinity : 0;
+  return { source, out, seed: integer("seed", v.get("seed"), seedMin), views };
 }
 
 /** What {@link loadSource} returns. */
@@ -401,34 +338,15 @@ interface Loaded {
 async function loadSource(src: Source, seed: number): Promise<Loaded> {
   switch (src.kind) {
     case "image":
-      try {
-        return {
-          image: await loadImage(src.path),
-          name: src.path,
-          geometrySeed: seed,
-          geometry: "GeometryRng(seed)",
-          details: {},
-        };
-      } catch (e) {
-        if (e instanceof ImageError) throw new UsageError(`--image: ${e.message}`);
-        throw e;
-      }
+      return {
+        image: await usageOn([ImageError], "--image: ", () => loadImage(src.path)),
+        name: src.path,
+        geometrySeed: seed,
+        geometry: "GeometryRng(seed)",
+        details: {},
+      };
     case "fashion-scenes": {
-      let ds: FashionScenes;
-      try {
-        ds = await FashionScenes.open(src.scenes);
-      } catch (e) {
-        if (e instanceof RangeError || e instanceof DatasetError) {
-          throw new UsageError(`--data fashion-scenes: ${e.message}`);
-        }
-        throw e;
-      }
-      if (src.index >= ds.length) {
-        throw new UsageError(
-          `--index ${src.index} is out of range: the ${ds.options.split} set has ${ds.length} ` +
-            `scenes (0..${ds.length - 1}; --count sets its size)`,
-        );
-      }
+      const ds = await openScenes(src.scenes, [src.index]);
       const { image, mask, label } = await ds.get(src.index);
       mask?.free();
       return {
@@ -645,10 +563,7 @@ function contactSheet(image: Tensor, plan: ViewPlan, pics: Picture[]): Picture {
 
 async function main(args: string[]): Promise<number> {
   const cfg = parseFlags(args);
-  if (cfg === null) {
-    console.log(helpText());
-    return 0;
-  }
+  if (cfg === null) return printHelp(FLAGS, HELP_INTRO);
   const t0 = performance.now();
   try {
     await Deno.mkdir(cfg.out, { recursive: true });
@@ -718,18 +633,4 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`${NAME}: error: ${e.message}\nRun with --help to list the flags.`);
-      code = 2;
-    } else {
-      console.error(`${NAME}: failed: ${e instanceof Error ? (e.stack ?? e.message) : e}`);
-      code = 1;
-    }
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(NAME, main);

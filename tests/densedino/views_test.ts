@@ -38,6 +38,7 @@ import {
   viewPlanToJson,
   type ViewSamplerOptions,
 } from "../../mod.ts";
+import { assertUsageError, lastJson, runScript, scriptPath } from "../scripts/_run.ts";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -700,21 +701,9 @@ Deno.test("bad input names the option and its flag", async (t) => {
 // ---------------------------------------------------------------------------------------------
 // scripts/visualize_views.ts
 
-const SCRIPT = new URL("../../scripts/visualize_views.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("visualize_views.ts");
 
-async function run(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (args: string[], env: Record<string, string> = {}) => runScript(SCRIPT, args, env);
 
 Deno.test("visualize_views.ts", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "dd-views-" });
@@ -743,8 +732,8 @@ Deno.test("visualize_views.ts", async (t) => {
       ];
       const r = await run(["--image", png, "--out", out, ...flags]);
       assert.equal(r.code, 0, r.stderr);
-      const lines = r.stdout.trim().split("\n");
-      const summary = JSON.parse(lines[lines.length - 1]);
+      const summary = lastJson(r.stdout);
+      const files = summary.files as string[];
       assert.equal(summary.views, 5);
       assert.equal(summary.json, "views.json");
       const doc = JSON.parse(await Deno.readTextFile(`${out}/views.json`));
@@ -786,7 +775,7 @@ Deno.test("visualize_views.ts", async (t) => {
       assert.deepEqual(doc.teacher_points, want.teacher_points);
       assert.deepEqual(doc.student_points, want.student_points);
       // the PNGs
-      for (const [k, f] of summary.files.entries()) {
+      for (const [k, f] of files.entries()) {
         const v = await loadImage(`${out}/${f}`);
         assert.deepEqual(v.shape, [3, ...doc.views[k].size]);
         v.free();
@@ -888,9 +877,7 @@ Deno.test("visualize_views.ts", async (t) => {
           ],
         ];
         for (const [args, re] of cases) {
-          const b = await run([...args, "--out", `${dir}/bad`], env);
-          assert.equal(b.code, 2, `${args}: ${b.stderr}`);
-          assert.match(b.stderr, re);
+          assertUsageError(await run([...args, "--out", `${dir}/bad`], env), re, args.join(" "));
         }
       },
     );
@@ -935,16 +922,15 @@ Deno.test("visualize_views.ts", async (t) => {
         [["--sampling", "hex"], /--sampling/],
       ];
       for (const [flags, re] of cases) {
-        const r = await run(["--image", png, "--out", `${dir}/bad`, ...flags]);
-        assert.equal(r.code, 2, `${flags}: ${r.stderr}`);
-        assert.match(r.stderr, re);
+        assertUsageError(
+          await run(["--image", png, "--out", `${dir}/bad`, ...flags]),
+          re,
+          flags.join(" "),
+        );
       }
-      const missing = await run(["--out", `${dir}/bad`]);
-      assert.equal(missing.code, 2);
-      assert.match(missing.stderr, /--image/);
+      assertUsageError(await run(["--out", `${dir}/bad`]), /--image/);
       const notFound = await run(["--image", `${dir}/nope.png`, "--out", `${dir}/bad`]);
-      assert.equal(notFound.code, 2);
-      assert.match(notFound.stderr, /--image: .*nope\.png: file not found/);
+      assertUsageError(notFound, /--image: .*nope\.png: file not found/);
     });
   } finally {
     img.free();

@@ -10,32 +10,13 @@ import { FashionScenes, freeAll, rand, saveModule, savePng } from "../../mod.ts"
 import { loadBackbone } from "../../lib/eval/backbone.ts";
 import { evalTransform, extractClassFeatures } from "../../lib/eval/features.ts";
 import { knnClassify } from "../../lib/eval/knn.ts";
+import { assertUsageError, lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/eval_knn.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("eval_knn.ts");
 const MICRO = ["--arch", "vit_micro", "--patch-size", "8", "--threads", "1"];
 const SMALL = ["--scenes", "48", "--val-scenes", "24", "--batch-size", "16"];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[], cache: string): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+const run = (args: string[], cache: string) => runScript(SCRIPT, args, { DENSEDINO_CACHE: cache });
 
 type Row = { k: number; top1: number; top5: number | null };
 
@@ -159,12 +140,7 @@ Deno.test("eval_knn", async (t) => {
       assert.deepEqual([j32.resize, j32.crop, j32.train, j32.val], [32, 32, 16, 8]);
       // weights of another arch than --arch says
       const bad = await run(["--weights", file, "--arch", "vit_mini", ...SMALL], cache);
-      assert.equal(bad.code, 2);
-      assert.match(
-        bad.stderr,
-        /--weights: .*w\.safetensors.*vit_micro\/8.*does not fit .*vit_mini/s,
-      );
-      assert.equal(bad.stdout, "");
+      assertUsageError(bad, /--weights: .*w\.safetensors.*vit_micro\/8.*does not fit .*vit_mini/s);
     });
 
     await t.step("imagefolder:PATH with train/ and val/ (resize + centre crop)", async () => {
@@ -237,10 +213,7 @@ Deno.test("eval_knn", async (t) => {
         ],
       ];
       for (const [args, re] of cases) {
-        const r = await run(args, cache);
-        assert.equal(r.code, 2, `${args.join(" ")}\n${r.stderr}`);
-        assert.match(r.stderr, re, args.join(" "));
-        assert.equal(r.stdout, "");
+        assertUsageError(await run(args, cache), re, args.join(" "));
       }
     });
 

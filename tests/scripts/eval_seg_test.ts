@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { encodeJpeg, encodePngPixels, fromTypedArray, vocColormap } from "../../mod.ts";
+import { assertUsageError, lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/eval_seg.ts", import.meta.url).pathname;
-const TRAIN = new URL("../../scripts/train.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("eval_seg.ts");
+const TRAIN = scriptPath("train.ts");
 const MICRO = ["--arch", "vit_micro", "--patch-size", "8", "--threads", "1"];
 const TINY = [
   "--scene-size",
@@ -25,29 +26,9 @@ const TINY = [
   "--quiet",
 ];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(script: string, args: string[], cache: string): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
+const run = (script: string, args: string[], cache: string) =>
+  runScript(script, args, { DENSEDINO_CACHE: cache });
 const seg = (args: string[], cache: string) => run(SCRIPT, args, cache);
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
 
 type PerClass = { class: string; iou: number | null }[];
 
@@ -296,10 +277,7 @@ Deno.test("eval_seg", async (t) => {
           [["--bogus"], /bogus/],
         ] as const
       ) {
-        const r = await seg([...args], cache);
-        assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
-        assert.match(r.stderr, re);
-        assert.match(r.stderr, /Run with --help/);
+        assertUsageError(await seg([...args], cache), re, args.join(" "));
       }
     });
   } finally {

@@ -23,25 +23,12 @@ import {
   tensor,
   type VisionTransformer,
 } from "../../mod.ts";
+import { assertUsageError, lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/extract_features.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("extract_features.ts");
 const MICRO = ["--arch", "vit_micro", "--patch-size", "8", "--img-size", "32"];
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+const run = (args: string[]) => runScript(SCRIPT, args);
 
 function maxAbsDiff(a: Tensor, b: Tensor): number {
   return scope(() => a.sub(b).abs().amax().item());
@@ -146,8 +133,7 @@ Deno.test("extract_features", async (t) => {
       }
       // without the prefix the error names --weights and suggests it
       const bad = await run([...MICRO, "--weights", ckpt, "--input", input, "--out", out]);
-      assert.equal(bad.code, 2);
-      assert.match(bad.stderr, /--weights: .*ckpt\.safetensors/);
+      assertUsageError(bad, /--weights: .*ckpt\.safetensors/);
       assert.match(bad.stderr, /--key-prefix teacher\.backbone\./);
     });
 
@@ -241,10 +227,7 @@ Deno.test("extract_features", async (t) => {
         [["--arch", "vit_huge", "--input", input, "--out", out], /--arch: unknown/],
       ];
       for (const [args, re] of cases) {
-        const r = await run(args);
-        assert.equal(r.code, 2, `${args.join(" ")}\n${r.stderr}`);
-        assert.match(r.stderr, re);
-        assert.equal(r.stdout, "");
+        assertUsageError(await run(args), re, args.join(" "));
       }
       await assert.rejects(() => Deno.stat(out), Deno.errors.NotFound);
     });

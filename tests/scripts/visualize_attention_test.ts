@@ -25,31 +25,12 @@ import {
 } from "../../mod.ts";
 import { attentionMaps } from "../../lib/eval/attention.ts";
 import { loadBackbone } from "../../lib/eval/backbone.ts";
+import { assertUsageError, lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/visualize_attention.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("visualize_attention.ts");
 const MICRO = ["--arch", "vit_micro", "--patch-size", "8", "--img-size", "32"];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[], cache: string): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+const run = (args: string[], cache: string) => runScript(SCRIPT, args, { DENSEDINO_CACHE: cache });
 
 async function pngSize(path: string): Promise<[number, number]> {
   const png = await decodePng(await Deno.readFile(path), path);
@@ -285,9 +266,7 @@ Deno.test("visualize_attention", async (t) => {
         ],
       ];
       for (const [args, re] of cases) {
-        const r = await run(args, cache);
-        assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
-        assert.match(r.stderr, re, args.join(" "));
+        assertUsageError(await run(args, cache), re, args.join(" "));
       }
     });
   } finally {
