@@ -58,8 +58,9 @@ class Loop:
         self.g, self.l, self.b, self.m = a.global_crops, a.local_crops, a.batch, a.num_ref
         self.ncrops = self.g + self.l
         self.dense = a.method == "densedino"
-        self.student = Model(a.arch, a.patch_size, a.img_size, a.out_dim, a.drop_path)
-        self.teacher = Model(a.arch, a.patch_size, a.img_size, a.out_dim, 0.0)
+        heads = (a.head_hidden_dim, a.head_bottleneck_dim)
+        self.student = Model(a.arch, a.patch_size, a.img_size, a.out_dim, a.drop_path, *heads)
+        self.teacher = Model(a.arch, a.patch_size, a.img_size, a.out_dim, 0.0, *heads)
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
@@ -187,6 +188,8 @@ def main():
     p.add_argument("--num-ref", type=int, default=4,
                    help="reference points per (teacher view, view) pair (default 4)")
     p.add_argument("--out-dim", type=int, default=4096)
+    p.add_argument("--head-hidden-dim", type=int, default=2048)
+    p.add_argument("--head-bottleneck-dim", type=int, default=256)
     p.add_argument("--drop-path", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=0.0005)
     p.add_argument("--epochs", type=int, default=100)

@@ -201,12 +201,12 @@ class DINOHead(nn.Module):
 class Model(nn.Module):
     """Backbone + class head + reference head (the official MultiCropWrapper's outputs)."""
 
-    def __init__(self, arch, patch, img, out_dim, drop_path_rate):
+    def __init__(self, arch, patch, img, out_dim, drop_path_rate, hidden=2048, bottleneck=256):
         super().__init__()
         dim, depth, heads = ARCHS[arch]
         self.backbone = ViT(dim, depth, heads, patch, img, drop_path_rate)
-        self.head = DINOHead(dim, out_dim)
-        self.ref_head = DINOHead(dim, out_dim)
+        self.head = DINOHead(dim, out_dim, hidden, bottleneck)
+        self.ref_head = DINOHead(dim, out_dim, hidden, bottleneck)
 
     def forward(self, x, points):
         cls, ref = self.backbone(x, points)

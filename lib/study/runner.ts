@@ -555,9 +555,23 @@ export function planStudy(study: Study, all = false): UnitPlan[] {
   return units;
 }
 
-/** A step as a shell command (`deno run -A script args…`), paths relative to the cwd. */
+/**
+ * Deno flags of every step process. V8 grows its young generation up to 16 MiB per semi-space
+ * under a high allocation rate (the tensor layer's many short-lived handle objects, the loader's
+ * worker): a training process's RSS then climbs for the first ~1,000 iterations before it levels
+ * off. Capping the semi-spaces at 2 MiB keeps it flat after the first ~100 iterations at the
+ * same speed (`bench/train_memory.ts`; bench/README.md).
+ */
+export const STEP_DENO_FLAGS: readonly string[] = Object.freeze([
+  "-A",
+  "--v8-flags=--max-semi-space-size=2",
+]);
+
+/** A step as a shell command (`deno run -A … script args…`), paths relative to the cwd. */
 export function commandLine(script: string, args: string[]): string {
-  return ["deno", "run", "-A", displayPath(script), ...args].map(shellQuote).join(" ");
+  return ["deno", "run", ...STEP_DENO_FLAGS, displayPath(script), ...args].map(shellQuote).join(
+    " ",
+  );
 }
 
 // ---- pre-flight checks ----------------------------------------------------------------------
@@ -981,7 +995,16 @@ async function runStep(
   write(enc.encode(`=== ${new Date().toISOString()} ${commandLine(s.script, args)}\n`));
   const t = performance.now();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-run", GUARD, Deno.execPath(), "run", "-A", s.script, ...args],
+    args: [
+      "run",
+      "--allow-run",
+      GUARD,
+      Deno.execPath(),
+      "run",
+      ...STEP_DENO_FLAGS,
+      s.script,
+      ...args,
+    ],
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",

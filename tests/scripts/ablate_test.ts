@@ -251,7 +251,7 @@ Deno.test("scripts/ablate.ts", async (t) => {
       assert.equal(j.steps.length, 12);
       assert.match(
         r.stdout,
-        /^deno run -A scripts\/train\.ts --arch vit_micro .* --num-ref 4 .* --seed 1 --out \S+\/dry\/b\/seed1\/train$/m,
+        /^deno run -A --v8-flags=--max-semi-space-size=2 scripts\/train\.ts --arch vit_micro .* --num-ref 4 .* --seed 1 --out \S+\/dry\/b\/seed1\/train$/m,
       );
       assert.match(r.stdout, /fake_eval\.ts --weights \S+\/dry\/b\/seed1\/train$/m);
     });
