@@ -22,7 +22,7 @@ import { fmt, peakRssMiB, positiveInt, resetPeakRss, rssMiB } from "./common.ts"
 
 const FLAGS = {
   iters: { type: "string", default: "500" },
-  warmup: { type: "string", default: "50" },
+  warmup: { type: "string", default: "100" },
   arch: { type: "string", default: "vit_micro" },
   "global-size": { type: "string", default: "32" },
   "local-size": { type: "string", default: "16" },
