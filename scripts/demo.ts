@@ -47,6 +47,7 @@ import {
   type StudyOutcome,
 } from "../lib/study/study.ts";
 import { parseTrainArgs } from "./train.ts";
+import { logger, runMain, UsageError } from "./_cli.ts";
 
 const NAME = "demo";
 
@@ -64,6 +65,15 @@ export const DEMO_DEFAULTS = Object.freeze({
   /** validation scenes in the attention figure */
   figureScenes: 4,
 });
+
+/** The columns of the demo's table. */
+export const DEMO_COLUMNS = [
+  { metric: "knn.top1", label: "k-NN top-1 (%)", digits: 1 },
+  { metric: "seg.miou", label: "mIoU (%)", digits: 1 },
+  { metric: "seg.pixel_acc", label: "pixel acc. (%)", digits: 1 },
+  { metric: "train.final.loss", label: "final loss", digits: 3 },
+  { metric: "train.imagesPerSec", label: "train img/s", digits: 1 },
+] as const;
 
 const FLAGS = {
   budget: { type: "string", default: String(DEMO_DEFAULTS.budget) },
@@ -95,11 +105,7 @@ loss curves, attention maps and views with reference points. Reruns reuse finish
   -h, --help       this text`;
 }
 
-class UsageError extends Error {}
-
-function log(msg: string): void {
-  console.error(`${NAME}: ${msg}`);
-}
+const log = logger(NAME);
 
 /** The demo's study: DINO, DenseDINO and a random-init ViT, one seed. */
 export function demoStudy(budget: number, seed: number, threads: number): Record<string, unknown> {
@@ -138,15 +144,7 @@ export function demoStudy(budget: number, seed: number, threads: number): Record
       { name: "dino", label: "DINO", train: { method: "dino" } },
       { name: "densedino", label: "DenseDINO", train: { method: "densedino" } },
     ],
-    table: {
-      columns: [
-        { metric: "knn.top1", label: "k-NN top-1 (%)", digits: 1 },
-        { metric: "seg.miou", label: "mIoU (%)", digits: 1 },
-        { metric: "seg.pixel_acc", label: "pixel acc. (%)", digits: 1 },
-        { metric: "train.final.loss", label: "final loss", digits: 3 },
-        { metric: "train.imagesPerSec", label: "train img/s", digits: 1 },
-      ],
-    },
+    table: { columns: DEMO_COLUMNS },
   };
 }
 
@@ -270,22 +268,15 @@ async function viewsFigure(out: string, run: string, seed: number): Promise<stri
 
 /** The table of the study's numbers, as Markdown. */
 function markdownTable(outcome: StudyOutcome): string {
-  const cols: [string, string, number][] = [
-    ["knn.top1", "k-NN top-1 (%)", 1],
-    ["seg.miou", "mIoU (%)", 1],
-    ["seg.pixel_acc", "pixel acc. (%)", 1],
-    ["train.final.loss", "final loss", 3],
-    ["train.imagesPerSec", "train img/s", 1],
-  ];
-  const cell = (r: StudyOutcome["table"][number], k: string, d: number) => {
-    const m = r.metrics[k];
-    return m && Number.isFinite(m.mean) ? m.mean.toFixed(d) : "—";
+  const cell = (r: StudyOutcome["table"][number], c: typeof DEMO_COLUMNS[number]) => {
+    const m = r.metrics[c.metric];
+    return m && Number.isFinite(m.mean) ? m.mean.toFixed(c.digits) : "—";
   };
   return [
-    `| model | ${cols.map((c) => c[1]).join(" | ")} |`,
-    `| --- | ${cols.map(() => "---:").join(" | ")} |`,
+    `| model | ${DEMO_COLUMNS.map((c) => c.label).join(" | ")} |`,
+    `| --- | ${DEMO_COLUMNS.map(() => "---:").join(" | ")} |`,
     ...outcome.table.map((r) =>
-      `| ${r.label} | ${cols.map((c) => cell(r, c[0], c[2])).join(" | ")} |`
+      `| ${r.label} | ${DEMO_COLUMNS.map((c) => cell(r, c)).join(" | ")} |`
     ),
   ].join("\n");
 }
@@ -464,13 +455,4 @@ async function main(args: string[]): Promise<number> {
   return outcome.failed.length > 0 ? 1 : 0;
 }
 
-if (import.meta.main) {
-  let code = 0;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    console.error(`${NAME}: ${(e as Error).message}`);
-    code = e instanceof UsageError || e instanceof StudyError ? 2 : 1;
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(NAME, main, (e) => e instanceof StudyError);
