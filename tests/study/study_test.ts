@@ -721,7 +721,7 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     t2.runs.find((r) => r.name === n)!.config!.views as Record<string, unknown>;
   assert.deepEqual(
     [views("dino-2g").localCrops, views("dino-2g4l").localScale, views("densedino-6g").localSize],
-    [0, [0.05, 0.4], 64],
+    [0, [0.05, 0.4], 48],
   );
   assert.equal(t2.runs.find((r) => r.name === "dino-6g")!.config!.method, "dino");
 });
