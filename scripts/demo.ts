@@ -27,6 +27,7 @@ import {
   freeAll,
   imageCanvas,
   imagenetNormalize,
+  iterationRecords,
   loadBackbone,
   type LoadedBackbone,
   readJsonl,
@@ -164,9 +165,7 @@ async function lossCurves(studyOut: string, seed: number, path: string): Promise
     } catch {
       continue;
     }
-    const byIt = new Map<number, Record<string, unknown>>();
-    for (const r of records) if (r.type === "iter") byIt.set(Number(r.iteration), r);
-    const its = [...byIt.values()].sort((a, b) => Number(a.iteration) - Number(b.iteration));
+    const its = iterationRecords(records);
     const x = its.map((r) => Number(r.iteration));
     series.push({ name: `${label} class loss`, x, y: its.map((r) => Number(r.cls)) });
     if (run === "densedino") {

@@ -111,6 +111,7 @@ export {
 } from "./config.ts";
 export { openTrainDataset, trainSource, type TrainSourceOptions, trainSourceSpec } from "./data.ts";
 export {
+  iterationRecords,
   type StepStats,
   Trainer,
   type TrainerHooks,

@@ -597,11 +597,7 @@ export class Trainer {
 
   async #plotLoss(path: string): Promise<void> {
     const cfg = this.config;
-    const records = (await readJsonl(`${cfg.out}/log.jsonl`)) as Record<string, number | string>[];
-    // iterations redone after a resume were logged twice: the last record of each counts
-    const byIteration = new Map<number, Record<string, number | string>>();
-    for (const r of records) if (r.type === "iter") byIteration.set(Number(r.iteration), r);
-    const its = [...byIteration.values()].sort((a, b) => Number(a.iteration) - Number(b.iteration));
+    const its = iterationRecords(await readJsonl(`${cfg.out}/log.jsonl`));
     if (its.length === 0) return;
     const x = its.map((r) => Number(r.iteration));
     const series = [{ name: "total", x, y: its.map((r) => Number(r.loss)) }];
@@ -645,6 +641,18 @@ async function prepareOut(cfg: TrainConfig): Promise<void> {
       if (e instanceof ConfigError) throw e;
     }
   }
+}
+
+/**
+ * The per-iteration records of a training log (`log.jsonl`), in iteration order. Iterations
+ * redone after a resume were logged twice: the last record of each counts.
+ */
+export function iterationRecords(
+  records: readonly Record<string, unknown>[],
+): Record<string, unknown>[] {
+  const byIteration = new Map<number, Record<string, unknown>>();
+  for (const r of records) if (r.type === "iter") byIteration.set(Number(r.iteration), r);
+  return [...byIteration.values()].sort((a, b) => Number(a.iteration) - Number(b.iteration));
 }
 
 /**
