@@ -367,7 +367,11 @@ export class Block extends Module {
       if (k === B) return base.add(branch(input).div(s.keepP));
       // k = 0 still runs the branch (below) so that its parameters get (zero) gradients as in
       // PyTorch, where the optimiser then still applies weight decay and momentum to them
-      if (k > 0) return base.indexAdd(0, kept, branch(input.indexSelect(0, kept)).div(s.keepP));
+      if (k > 0) {
+        // under autocast the branch may come back in bf16: index_add needs base's dtype
+        const out = branch(input.indexSelect(0, kept)).div(s.keepP);
+        return base.indexAdd(0, kept, out.dtype === base.dtype ? out : out.to(base.dtype));
+      }
     }
     return base.add(branch(input).div(s.keepP).mul(s.mask));
   }

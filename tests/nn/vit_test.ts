@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import {
   ARCHS,
   assertGradcheck,
+  autocast,
   attentionMask,
   Block,
   cat,
@@ -796,6 +797,33 @@ Deno.test("vit: patchTokens false gives the same class and reference outputs and
       }
     }
   });
+});
+
+Deno.test("block: drop-path in training under bf16 autocast on the CPU (the skipped-branch path)", () => {
+  // the kept samples' branch comes back in bf16 and is added into the fp32 residual stream:
+  // the same values as the reference computation with every sample's branch, within bf16
+  const b = new Block(32, 2, { dropPath: 0.5 });
+  using g = new Generator(5);
+  b.dropPath.generator = g;
+  b.train();
+  try {
+    scope(() => {
+      const x = randn([8, 6, 32]);
+      g.manualSeed(7);
+      const fast = autocast(() => b.forward(x), { device: "cpu", dtype: "bfloat16" });
+      g.manualSeed(7);
+      const ref = autocast(() => {
+        const s1 = b.dropPath.sampleScale(x)!;
+        const x1 = x.add(b.attn.forward(b.norm1.forward(x)).out.div(s1.keepP).mul(s1.mask));
+        const s2 = b.dropPath.sampleScale(x1)!;
+        return x1.add(b.mlp.forward(b.norm2.forward(x1)).div(s2.keepP).mul(s2.mask));
+      }, { device: "cpu", dtype: "bfloat16" });
+      assert.equal(fast.dtype, "float32");
+      assert.ok(maxDiff(fast, ref.float()) <= 0.05, `values ${maxDiff(fast, ref.float())}`);
+    });
+  } finally {
+    b.free();
+  }
 });
 
 Deno.test("block: drop-path skips dropped samples' branches without changing values or gradients", () => {
