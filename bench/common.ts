@@ -79,6 +79,8 @@ export interface BenchReport {
   peakRssMiB?: Record<string, number | null>;
   /** RSS in MiB when each variant's phase started (after setup), where measured */
   startRssMiB?: Record<string, number | null>;
+  /** peak CUDA memory allocated to tensors per variant in MiB, for runs on a GPU */
+  peakDeviceMiB?: Record<string, number | null>;
 }
 
 type BlasSymbols = {

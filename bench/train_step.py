@@ -21,11 +21,22 @@ bench/vit_step.py; this script adds what the real loop does around them:
   - --method dino: no reference tokens, the class loss over every view.
 
 The inputs are random tensors of the batch's shapes (data loading is not part of the timed step
-on either side). Prints progress on stderr and one JSON line (BenchReport in bench/common.ts) on
+on either side).
+
+With --device cuda (the GPU comparator of bench/gpu/): the models, centres and mask live on the
+GPU; the views and points start in pinned host memory and each step copies them with
+non_blocking=True (the official loader's pin_memory); --amp fp16 (the default there, as the
+official use_fp16) runs the forward passes and the loss under torch.autocast float16 with the
+official GradScaler sequence (scale, backward, unscale_, per-parameter clipping, last-layer
+cancel, step, update); --amp bf16 autocasts to bfloat16 without a scaler. loss.item() is read
+right after the loss, before backward, where the official loop checks it is finite. Each timed
+step ends with torch.cuda.synchronize(); the report adds the allocator's peak
+(torch.cuda.max_memory_allocated over the timed steps). Prints progress on stderr and one JSON line (BenchReport in bench/common.ts) on
 stdout. Run with Debian's python3-torch: /usr/bin/python3 bench/train_step.py --help
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -55,6 +66,13 @@ class Loop:
     def __init__(self, a):
         torch.manual_seed(0)
         self.a = a
+        self.dev = torch.device(a.device)
+        cuda = self.dev.type == "cuda"
+        amp = a.amp if a.amp != "auto" else ("fp16" if cuda else "none")
+        self.amp = amp
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        host = (lambda t: t.pin_memory()) if cuda else (lambda t: t)
         self.g, self.l, self.b, self.m = a.global_crops, a.local_crops, a.batch, a.num_ref
         self.ncrops = self.g + self.l
         self.dense = a.method == "densedino"
@@ -62,17 +80,19 @@ class Loop:
         self.student = Model(a.arch, a.patch_size, a.img_size, a.out_dim, a.drop_path, *heads)
         self.teacher = Model(a.arch, a.patch_size, a.img_size, a.out_dim, 0.0, *heads)
         self.teacher.load_state_dict(self.student.state_dict())
+        self.student.to(self.dev)
+        self.teacher.to(self.dev)
         for p in self.teacher.parameters():
             p.requires_grad = False
         self.student.train()
         self.teacher.train()
         b, g, m = self.b, self.g, self.m
-        self.views = [torch.randn(b, 3, a.global_size, a.global_size) for _ in range(g)] + \
-                     [torch.randn(b, 3, a.local_size, a.local_size) for _ in range(self.l)]
+        self.views = [host(torch.randn(b, 3, a.global_size, a.global_size)) for _ in range(g)] + \
+                     [host(torch.randn(b, 3, a.local_size, a.local_size)) for _ in range(self.l)]
         pair = [[torch.rand(b, m, 2) * 2 - 1 for _ in range(self.ncrops)] for _ in range(g)]
         # per global view i: [B, (G+L)M, 2]; per view j: [B, GM, 2] (the official layouts)
-        self.t_points = [torch.cat(pair[i], dim=1) for i in range(g)]
-        self.s_points = [torch.cat([pair[i][j] for i in range(g)], dim=1)
+        self.t_points = [host(torch.cat(pair[i], dim=1)) for i in range(g)]
+        self.s_points = [host(torch.cat([pair[i][j] for i in range(g)], dim=1))
                          for j in range(self.ncrops)]
         self.opt = torch.optim.AdamW(param_groups(self.student))
         per_epoch, epochs = a.iters_per_epoch, a.epochs
@@ -80,8 +100,8 @@ class Loop:
         self.wd = cosine_schedule(0.04, 0.4, epochs, per_epoch)
         self.mom = cosine_schedule(0.996, 1.0, epochs, per_epoch)
         self.temp = 0.04
-        self.centre = torch.zeros(1, a.out_dim)
-        self.ref_centre = torch.zeros(1, a.out_dim)
+        self.centre = torch.zeros(1, a.out_dim, device=self.dev)
+        self.ref_centre = torch.zeros(1, a.out_dim, device=self.dev)
         self.it = a.iteration
         self.epoch = self.it // per_epoch
         self.last_layer = [p for n, p in self.student.named_parameters() if "last_layer" in n]
@@ -99,7 +119,7 @@ class Loop:
                 c, r = model.backbone(x, torch.cat(points[start:end]))
                 ref.append(r)
             else:
-                c, _ = model.backbone(x, torch.zeros(x.shape[0], 0, 2))
+                c, _ = model.backbone(x, torch.zeros(x.shape[0], 0, 2, device=x.device))
             cls.append(c)
             start = end
         c = model.head(torch.cat(cls))
@@ -148,18 +168,31 @@ class Loop:
             group["lr"] = self.lr[it]
             if i == 0:
                 group["weight_decay"] = self.wd[it]
-        with torch.no_grad():
-            t_cls, t_ref = self.multi_crop(self.teacher, self.views[:self.g], self.t_points)
-        s_cls, s_ref = self.multi_crop(self.student, self.views, self.s_points)
-        loss = self.loss(s_cls, s_ref, t_cls, t_ref)
+        move = lambda ts: [t.to(self.dev, non_blocking=True) for t in ts]  # noqa: E731
+        views, t_points, s_points = move(self.views), move(self.t_points), move(self.s_points)
+        amp = contextlib.nullcontext() if self.amp_dtype is None else \
+            torch.autocast(self.dev.type, dtype=self.amp_dtype)
+        with amp:
+            with torch.no_grad():
+                t_cls, t_ref = self.multi_crop(self.teacher, views[:self.g], t_points)
+            s_cls, s_ref = self.multi_crop(self.student, views, s_points)
+            loss = self.loss(s_cls, s_ref, t_cls, t_ref)
+        value = loss.item()  # the official loop's finiteness check, before backward
         self.opt.zero_grad()
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
         clip_gradients(self.student, 3.0)
         if self.epoch < self.a.freeze_last_layer:
             for p in self.last_layer:
                 p.grad = None
-        self.opt.step()
-        value = loss.item()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         m = self.mom[it]
         with torch.no_grad():
             for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
@@ -198,26 +231,37 @@ def main():
     p.add_argument("--iteration", type=int, default=150,
                    help="the schedules' iteration the timed steps use (default 150)")
     p.add_argument("--freeze-last-layer", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "fp16", "bf16"),
+                   help="autocast dtype (default auto: fp16 with a GradScaler on cuda, none on cpu)")
     a = p.parse_args()
     if a.threads != "auto":
         torch.set_num_threads(int(a.threads))
 
     loop = Loop(a)
+    cuda = loop.dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     reset_peak_rss()
     start_rss = rss_mib()
     for _ in range(a.warmup):
         loop.step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     xs = []
     for _ in range(a.reps):
         t0 = time.perf_counter()
         loop.step()
+        sync()
         xs.append((time.perf_counter() - t0) * 1e3)
     peak = peak_rss_mib()
+    peak_dev = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
     s = summarize(xs)
     print("[train_step pytorch] %s: median %.1f ms (min %.1f, max %.1f, n %d), %.1f images/s, "
-          "peak RSS %.0f MiB (%.0f at the start)" % (a.config, s["median"], s["min"], s["max"],
-                                                     s["n"], a.batch * 1e3 / s["median"], peak,
-                                                     start_rss), file=sys.stderr)
+          "peak RSS %.0f MiB (%.0f at the start)%s, %s amp %s" % (
+              a.config, s["median"], s["min"], s["max"], s["n"], a.batch * 1e3 / s["median"], peak,
+              start_rss, "" if peak_dev is None else ", peak CUDA allocated %.0f MiB" % peak_dev,
+              a.device, loop.amp), file=sys.stderr)
     blas_threads, blas_config = blas_info()
     print(json.dumps({
         "bench": "train_step",
@@ -232,10 +276,12 @@ def main():
                                                    "OMP_WAIT_POLICY")},
         },
         "libraries": loaded_libraries(),
-        "params": {k: v for k, v in vars(a).items()},
+        "params": {**{k: v for k, v in vars(a).items()}, "amp": loop.amp,
+                   "gpu": torch.cuda.get_device_name() if cuda else None},
         "samples": {a.config: xs},
         "peakRssMiB": {a.config: peak},
         "startRssMiB": {a.config: start_rss},
+        **({"peakDeviceMiB": {a.config: peak_dev}} if cuda else {}),
         "primary": a.config,
     }))
 

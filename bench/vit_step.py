@@ -81,7 +81,8 @@ def drop_path(x, p, training):
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
-    r = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype)).floor_()
+    r = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype,
+                           device=x.device)).floor_()
     return x.div(keep) * r
 
 
@@ -153,9 +154,9 @@ class ViT(nn.Module):
         return s.flatten(2).transpose(1, 2)
 
     @staticmethod
-    def mask(t, k):
+    def mask(t, k, device=None):
         """Additive all2pos_pos2cls_eye mask over [cls, k refs, patches] ([t, t])."""
-        m = torch.zeros(t, t)
+        m = torch.zeros(t, t, device=device)
         m[:, 1:1 + k] = -math.inf  # nothing attends to a reference token ...
         m[1:1 + k, 0] = -math.inf  # ... reference tokens do not see the class token ...
         m.fill_diagonal_(0.0)  # ... but every token sees itself
@@ -172,12 +173,12 @@ class ViT(nn.Module):
             for blk in self.blocks:
                 seq = blk(seq, None)
             return self.norm(seq)[:, :1], None
-        refs = torch.zeros(1, k, self.dim).expand(b, -1, -1)
+        refs = torch.zeros(1, k, self.dim, device=x.device).expand(b, -1, -1)
         tokens = torch.cat((self.cls_token.expand(b, -1, -1), refs, patches), dim=1)
         pos = torch.cat((self.cls_pos_embed.expand(b, -1, -1), self.ref_pos(points),
                          self.patch_pos(h, w).expand(b, -1, -1)), dim=1)
         seq = tokens + pos
-        mask = self.mask(seq.shape[1], k)
+        mask = self.mask(seq.shape[1], k, x.device)
         for blk in self.blocks:
             seq = blk(seq, mask)
         seq = self.norm(seq)

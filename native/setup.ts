@@ -105,6 +105,8 @@ function versionFromHeader(includeDir: string): string {
       const get = (k: string) => text.match(new RegExp(`#define TORCH_VERSION_${k} (\\d+)`))?.[1];
       const [a, b, c] = [get("MAJOR"), get("MINOR"), get("PATCH")];
       if (a && b && c) return `${a}.${b}.${c}`;
+      const whole = text.match(/#define TORCH_VERSION "(\d+\.\d+\.\d+)/)?.[1];
+      if (whole) return whole;
     } catch { /* try next */ }
   }
   return "unknown";
@@ -184,6 +186,7 @@ async function pythonLibtorch(
     cuda?: string | null;
     abi?: number;
     cuda_home?: string | null;
+    version?: string;
     error?: string;
   };
   try {
@@ -195,6 +198,7 @@ async function pythonLibtorch(
   const lt = fromRoot(info.root, `PyTorch of ${python}`, String(info.abi ?? 1));
   if (!lt) return null;
   if (lt.cuda) lt.cudaIncludes = cudaIncludeDirs(info.root, info.cuda_home ?? null);
+  if (lt.version === "unknown" && info.version) lt.version = info.version.replace(/\+.*$/, "");
   return { ...lt, hasCudaRuntime: !!info.cuda };
 }
 

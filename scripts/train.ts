@@ -78,6 +78,12 @@ const FLAGS: FlagSpec[] = [
     help: "none | all2pos | all2pos_pos2cls | all2pos_pos2cls_eye | all_query",
   },
   {
+    key: "attention",
+    kind: "string",
+    help: "auto | split | explicit (split: fused class/patch attention + reference attention; " +
+      "explicit: one masked attention, as the official code)",
+  },
+  {
     key: "allCropsCls",
     kind: "boolean",
     help: "class loss over every student view",

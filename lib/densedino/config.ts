@@ -12,6 +12,12 @@ import { resolveViewOptions, type ViewSamplerOptions } from "./views.ts";
 /** DINO (class loss only, no reference tokens) or DenseDINO. */
 export type Method = "densedino" | "dino";
 
+/** How attention with reference tokens is computed (see {@link TrainConfig.attention}). */
+export type AttentionPath = "auto" | "split" | "explicit";
+
+/** The values of {@link AttentionPath}. */
+export const ATTENTION_PATHS: readonly AttentionPath[] = ["auto", "split", "explicit"];
+
 /** Numeric precision of the forward pass. */
 export type Precision = "fp32" | "bf16" | "fp16";
 
@@ -50,6 +56,15 @@ export interface TrainConfig {
   learnableRefToken: boolean;
   /** attention mask mode for the reference tokens (default all2pos_pos2cls_eye) */
   maskMode: MaskMode;
+  /**
+   * how attention with reference tokens is computed (default `auto`): `split` runs the class and
+   * patch tokens through plain (on libtorch ≥ 2.0 fused) attention and the reference queries
+   * through a small attention of their own; `explicit` runs all tokens under the full additive
+   * mask, as the official code; `auto` picks `split` on the CPU where libtorch has fused attention
+   * and `explicit` elsewhere (on CUDA the masked fused kernel measured faster). Both
+   * are exact (`fastPath` of the ViT forward options).
+   */
+  attention: AttentionPath;
   /** the view sampler: crops, sizes, scales, reference points (DESIGN.md §4 defaults) */
   views: ViewSamplerOptions;
   /** class loss over every student view (default: true for dino, false for densedino) */
@@ -129,6 +144,7 @@ export const DEFAULT_TRAIN_CONFIG: Readonly<TrainConfig> = Object.freeze({
   sharedRefHead: false,
   learnableRefToken: false,
   maskMode: DEFAULT_MASK_MODE,
+  attention: "auto",
   views: {},
   allCropsCls: false,
   allCropsRef: true,
@@ -252,6 +268,11 @@ export function resolveTrainConfig(given: Partial<TrainConfig> = {}): TrainConfi
     );
   }
   checkMaskMode(cfg.maskMode, flag("maskMode"));
+  if (!ATTENTION_PATHS.includes(cfg.attention)) {
+    throw new ConfigError(
+      `${flag("attention")} must be ${ATTENTION_PATHS.join(", ")}, got ${cfg.attention}`,
+    );
+  }
   let views;
   try {
     views = resolveViewOptions(cfg.views);

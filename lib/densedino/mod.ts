@@ -69,6 +69,7 @@ export {
 } from "./augment.ts";
 export {
   collateMultiCrop,
+  collateMultiCropPinned,
   multiCrop,
   type MultiCropBatch,
   type MultiCropItem,
@@ -99,6 +100,8 @@ export {
   softmaxEntropy,
 } from "./loss.ts";
 export {
+  ATTENTION_PATHS,
+  type AttentionPath,
   checkResumable,
   ConfigError,
   DEFAULT_TRAIN_CONFIG,

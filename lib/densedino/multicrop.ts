@@ -115,12 +115,30 @@ export function multiCropTransform(opts: MultiCropOptions = {}): Transform<Multi
 
 /** Stacks {@link MultiCropItem}s into a {@link MultiCropBatch}. */
 export function collateMultiCrop(items: MultiCropItem[], indices: number[]): MultiCropBatch {
+  return collate(items, indices, false);
+}
+
+/**
+ * {@link collateMultiCrop} with the views and points in pinned (page-locked) host memory, so
+ * that their copies to a CUDA device run asynchronously (PyTorch's `DataLoader(pin_memory=True)`).
+ * Needs a CUDA build of the shim.
+ */
+export function collateMultiCropPinned(items: MultiCropItem[], indices: number[]): MultiCropBatch {
+  return collate(items, indices, true);
+}
+
+function collate(items: MultiCropItem[], indices: number[], pin: boolean): MultiCropBatch {
   if (items.length === 0) throw new TorchError("collateMultiCrop", "an empty batch");
   const plans = items.map((it) => it.plan);
   const out = scope(() => {
     const nViews = items[0].views.length;
-    const views = Array.from({ length: nViews }, (_, k) => stack(items.map((it) => it.views[k])));
-    const pts = batchPoints(plans);
+    const pinned = (t: Tensor) => pin ? t.pinMemory() : t;
+    const views = Array.from(
+      { length: nViews },
+      (_, k) => pinned(stack(items.map((it) => it.views[k]))),
+    );
+    const raw = batchPoints(plans);
+    const pts = { teacher: raw.teacher.map(pinned), student: raw.student.map(pinned) };
     const labels = items.every((it) => it.label !== undefined)
       ? stackLabels(items.map((it) => it.label!))
       : null;

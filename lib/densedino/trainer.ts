@@ -42,7 +42,12 @@ import { checkResumable, ConfigError, resolveTrainConfig, type TrainConfig } fro
 import { DenseDinoModel } from "./model.ts";
 import { DinoLoss, isCollapsed } from "./loss.ts";
 import { cosineSchedule, linearScaledLr, teacherTempSchedule } from "./schedules.ts";
-import { collateMultiCrop, type MultiCropBatch, type MultiCropItem } from "./multicrop.ts";
+import {
+  collateMultiCrop,
+  collateMultiCropPinned,
+  type MultiCropBatch,
+  type MultiCropItem,
+} from "./multicrop.ts";
 import { openTrainDataset, type TrainSourceOptions, trainSourceSpec } from "./data.ts";
 
 /** Raised when training cannot go on (non-finite loss, unusable checkpoint); the message says why. */
@@ -220,7 +225,8 @@ export class Trainer {
       seed: cfg.seed,
       workers: cfg.workers,
       dropLast: true,
-      collate: collateMultiCrop,
+      // on CUDA the batch is collated into pinned memory: its copies to the GPU run asynchronously
+      collate: cfg.device === "cuda" ? collateMultiCropPinned : collateMultiCrop,
       warn: log,
     });
     const build = (dropPathRate: number) => {
@@ -335,14 +341,18 @@ export class Trainer {
       const tPts = dense ? onDevice(batch.teacherPoints) : null;
       const sPts = dense ? onDevice(batch.studentPoints) : null;
       const precise = cfg.precision === "fp32";
+      const fwd = {
+        maskMode: cfg.maskMode,
+        fastPath: cfg.attention === "auto" ? undefined : cfg.attention === "split",
+      };
       const amp = <T>(fn: () => T): T =>
         precise
           ? fn()
           : autocast(fn, { device: dev, dtype: cfg.precision === "fp16" ? "float16" : "bfloat16" });
       const teacherOut = noGrad(() =>
-        amp(() => this.teacher.forward(views.slice(0, G), tPts, { maskMode: cfg.maskMode }))
+        amp(() => this.teacher.forward(views.slice(0, G), tPts, fwd))
       );
-      const studentOut = amp(() => this.student.forward(views, sPts, { maskMode: cfg.maskMode }));
+      const studentOut = amp(() => this.student.forward(views, sPts, fwd));
       const out = this.loss.forward(
         {
           teacherCls: teacherOut.cls,
