@@ -9,8 +9,8 @@ import assert from "node:assert/strict";
 import {
   ARCHS,
   assertGradcheck,
-  autocast,
   attentionMask,
+  autocast,
   Block,
   cat,
   createViT,
