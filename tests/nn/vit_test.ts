@@ -799,25 +799,35 @@ Deno.test("vit: patchTokens false gives the same class and reference outputs and
   });
 });
 
+/** A training-mode block with drop-path 0.5 drawing from `g`. */
+function dropPathBlock(g: Generator): Block {
+  const b = new Block(32, 2, { dropPath: 0.5 });
+  b.dropPath.generator = g;
+  b.train();
+  return b;
+}
+
+/** The block with both branches run on every sample, multiplied by the same draws. */
+function everySampleReference(b: Block, x: Tensor): Tensor {
+  const s1 = b.dropPath.sampleScale(x)!;
+  const x1 = x.add(b.attn.forward(b.norm1.forward(x)).out.div(s1.keepP).mul(s1.mask));
+  const s2 = b.dropPath.sampleScale(x1)!;
+  return x1.add(b.mlp.forward(b.norm2.forward(x1)).div(s2.keepP).mul(s2.mask));
+}
+
 Deno.test("block: drop-path in training under bf16 autocast on the CPU (the skipped-branch path)", () => {
   // the kept samples' branch comes back in bf16 and is added into the fp32 residual stream:
   // the same values as the reference computation with every sample's branch, within bf16
-  const b = new Block(32, 2, { dropPath: 0.5 });
   using g = new Generator(5);
-  b.dropPath.generator = g;
-  b.train();
+  const b = dropPathBlock(g);
+  const bf16 = { device: "cpu", dtype: "bfloat16" } as const;
   try {
     scope(() => {
       const x = randn([8, 6, 32]);
       g.manualSeed(7);
-      const fast = autocast(() => b.forward(x), { device: "cpu", dtype: "bfloat16" });
+      const fast = autocast(() => b.forward(x), bf16);
       g.manualSeed(7);
-      const ref = autocast(() => {
-        const s1 = b.dropPath.sampleScale(x)!;
-        const x1 = x.add(b.attn.forward(b.norm1.forward(x)).out.div(s1.keepP).mul(s1.mask));
-        const s2 = b.dropPath.sampleScale(x1)!;
-        return x1.add(b.mlp.forward(b.norm2.forward(x1)).div(s2.keepP).mul(s2.mask));
-      }, { device: "cpu", dtype: "bfloat16" });
+      const ref = autocast(() => everySampleReference(b, x), bf16);
       assert.equal(fast.dtype, "float32");
       assert.ok(maxDiff(fast, ref.float()) <= 0.05, `values ${maxDiff(fast, ref.float())}`);
     });
@@ -827,10 +837,8 @@ Deno.test("block: drop-path in training under bf16 autocast on the CPU (the skip
 });
 
 Deno.test("block: drop-path skips dropped samples' branches without changing values or gradients", () => {
-  const b = new Block(32, 2, { dropPath: 0.5 });
   using g = new Generator(5);
-  b.dropPath.generator = g;
-  b.train();
+  const b = dropPathBlock(g);
   try {
     scope(() => {
       const x = randn([8, 6, 32]).requiresGrad_(true);
@@ -847,11 +855,9 @@ Deno.test("block: drop-path skips dropped samples' branches without changing val
       const gFast = gradsOf(fast);
       // reference: both branches on every sample, multiplied by the same draws
       g.manualSeed(7);
-      const s1 = b.dropPath.sampleScale(x)!;
-      const x1 = x.add(b.attn.forward(b.norm1.forward(x)).out.div(s1.keepP).mul(s1.mask));
-      const s2 = b.dropPath.sampleScale(x1)!;
-      const ref = x1.add(b.mlp.forward(b.norm2.forward(x1)).div(s2.keepP).mul(s2.mask));
-      const kept = s1.mask.sum().item();
+      const kept = b.dropPath.sampleScale(x)!.mask.sum().item();
+      g.manualSeed(7);
+      const ref = everySampleReference(b, x);
       assert.ok(kept > 0 && kept < 8, `a mix of kept and dropped samples (kept ${kept})`);
       assert.ok(maxDiff(fast, ref) <= 1e-5, `values ${maxDiff(fast, ref)}`);
       const gRef = gradsOf(ref);
