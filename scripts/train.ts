@@ -182,8 +182,8 @@ function help(): string {
     "OUT/log.jsonl, OUT/config.json and OUT/loss.png; prints a JSON summary as the last line.",
     "",
     ...lines,
-    `  ${"--dist-timeout MS".padEnd(30)} distributed runs: rendezvous and per-collective timeout ` +
-    `(default ${DEFAULT_DIST_TIMEOUT_MS}, or DENSEDINO_DIST_TIMEOUT_MS)`,
+    `  ${"--dist-timeout X".padEnd(30)} several processes: rendezvous and per-collective ` +
+    `timeout in ms, else DENSEDINO_DIST_TIMEOUT_MS (default ${DEFAULT_DIST_TIMEOUT_MS})`,
     "  --help                         this text",
     "",
     "Several processes or machines: deno run -A scripts/launch.ts --nproc N [--nnodes M",
