@@ -24,6 +24,19 @@ interface RunResult {
   seconds: number;
   iterations: number;
   commSeconds: number;
+  /** CPU seconds of all the run's processes (start-up and data generation included) */
+  cpuSeconds: number;
+}
+
+/** CPU seconds of this process's waited-for descendants (utime + stime of /proc/self/stat). */
+function childCpuSeconds(): number {
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[13]) + Number(f[14])) / 100; // cutime, cstime (fields 16, 17) in ticks
+  } catch {
+    return NaN;
+  }
 }
 
 function loadAvg(): string {
@@ -48,6 +61,7 @@ async function run(
     `${ROOT}scripts/train.ts`,
     ...args,
   ];
+  const cpu0 = childCpuSeconds();
   const out = await new Deno.Command(Deno.execPath(), {
     args: cmd,
     env: { ...env, NO_COLOR: "1" },
@@ -64,6 +78,7 @@ async function run(
     seconds: s.seconds,
     iterations: s.iterations,
     commSeconds: s.commSeconds ?? 0,
+    cpuSeconds: childCpuSeconds() - cpu0,
   };
 }
 
@@ -142,6 +157,11 @@ if (import.meta.main) {
   const stepMs2 = med(results.two.map((x) => (x.seconds / x.iterations) * 1e3));
   const commMs = med(results.two.map((x) => (x.commSeconds / x.iterations) * 1e3));
   const load1 = loadAvg();
+  // CPU time per image (whole runs, start-up included): equal for 1 and 2 processes means the
+  // second process adds no work, i.e. ~2× on two otherwise idle cores
+  const cpuPerImage = (xs: RunResult[], n: number) =>
+    med(xs.map((x) => x.cpuSeconds / (x.iterations * batch * n)));
+  const cpu1 = cpuPerImage(results.one, 1) * 1e3, cpu2 = cpuPerImage(results.two, 2) * 1e3;
   console.error(
     [
       `processes  batch/process  images/s  step ms  all_reduce ms (share)`,
@@ -154,6 +174,7 @@ if (import.meta.main) {
       `scaling 2/1: ${
         (ips2 / ips1).toFixed(2)
       }× (ideal 2×); load average before ${load0}, after ${load1}`,
+      `CPU ms per image (whole runs): 1 process ${cpu1.toFixed(1)}, 2 processes ${cpu2.toFixed(1)}`,
     ].join("\n"),
   );
   console.log(JSON.stringify({
@@ -165,6 +186,7 @@ if (import.meta.main) {
     stepMs: { one: stepMs1, two: stepMs2 },
     allReduceMsPerStep: commMs,
     allReduceShare: share,
+    cpuMsPerImage: { one: cpu1, two: cpu2 },
     loadAverage: { before: load0, after: load1 },
     samples: results,
   }));
