@@ -121,7 +121,10 @@ Deno.test("rendezvous without rank 0 fails within the timeout, saying what to ch
   const port = freePort();
   const r1 = await startRank(1, 2, port, "join", 1500).done;
   assert.notEqual(r1.code, 0);
-  assert.match(r1.stderr, /DistError: initProcessGroup: rendezvous at 127\.0\.0\.1:\d+ \(rank 1 of 2, timeout 1500 ms\) failed/);
+  assert.match(
+    r1.stderr,
+    /DistError: initProcessGroup: rendezvous at 127\.0\.0\.1:\d+ \(rank 1 of 2, timeout 1500 ms\) failed/,
+  );
   assert.match(r1.stderr, /not all WORLD_SIZE=2 ranks joined/);
   assert.ok(r1.seconds < 15, `took ${r1.seconds} s`);
 });
