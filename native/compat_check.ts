@@ -2,8 +2,9 @@
  * `deno task compat`: compiles the shim's sources (syntax and types only) against newer
  * libtorch headers than the one installed — Debian unstable's `libtorch-dev` (CPU) and
  * contrib's `libtorch-cuda-dev` (CUDA, with `-DDD_WITH_CUDA`) — so that API drift in libtorch
- * 2.x is caught on a CPU-only machine. The packages are downloaded into
- * `~/.cache/densedino/compat/` and unpacked there; nothing is installed.
+ * 2.x is caught on a CPU-only machine. `dist.cpp` is checked with sid's Gloo headers
+ * (`libgloo-dev`, unpacked likewise); its NCCL part only where `nccl.h` is found. The packages
+ * are downloaded into `~/.cache/densedino/compat/` and unpacked there; nothing is installed.
  *
  * Needs network access to deb.debian.org, `dpkg-deb`, `xz` and g++; for the CUDA variant the
  * CUDA runtime headers (`$CUDA_HOME/include` or `/usr/local/cuda/include`).
@@ -17,7 +18,7 @@ const VARIANTS = [
   { name: "cpu", component: "main", pkg: "libtorch-dev", cuda: false },
   { name: "cuda", component: "contrib", pkg: "libtorch-cuda-dev", cuda: true },
 ];
-const SOURCES = ["core.cpp", "ops.cpp", "train.cpp", "cuda.cpp"];
+const SOURCES = ["core.cpp", "ops.cpp", "train.cpp", "cuda.cpp", "dist.cpp"];
 
 async function sh(
   cmd: string,
@@ -51,9 +52,26 @@ async function locate(
   return { version: field("Version"), file: field("Filename") };
 }
 
+/** Downloads and unpacks `pkg` from sid/`component` into the cache (once); returns its root. */
+async function unpack(component: string, pkg: string, dir: string): Promise<string> {
+  const { version, file } = await locate(component, pkg, dir);
+  const root = `${dir}/${pkg}_${version}`;
+  try {
+    Deno.statSync(`${root}/usr/include`);
+  } catch {
+    const deb = `${dir}/${file.split("/").pop()}`;
+    console.error(`[compat] downloading ${pkg} ${version}…`);
+    await download(`${MIRROR}/${file}`, deb);
+    const r = await sh("dpkg-deb", ["-x", deb, root]);
+    if (!r.ok) throw new Error(`dpkg-deb: ${r.out}`);
+  }
+  return root;
+}
+
 async function main(): Promise<number> {
   const dir = `${userCacheDir()}/compat`;
   await Deno.mkdir(dir, { recursive: true });
+  const gloo = `${await unpack("main", "libgloo-dev", dir)}/usr/include`;
   const here = new URL(".", import.meta.url).pathname;
   const cudaInc = [Deno.env.get("CUDA_HOME"), "/usr/local/cuda"].filter(Boolean)
     .map((h) => `${h}/include`)
@@ -82,7 +100,7 @@ async function main(): Promise<number> {
     const aten = await Deno.readTextFile(`${inc}/ATen/ATen.h`);
     const std = /C\+\+20 or later/.test(aten) ? "c++20" : "c++17";
     const flags = [`-std=${std}`, "-fsyntax-only", "-Wall", `-I${here}include`, `-I${here}src`];
-    flags.push("-isystem", inc, "-isystem", `${inc}/torch/csrc/api/include`);
+    flags.push("-isystem", inc, "-isystem", `${inc}/torch/csrc/api/include`, "-isystem", gloo);
     if (v.cuda) {
       if (!cudaInc) {
         console.error(`[compat] ${v.name}: skipped (no CUDA runtime headers; set CUDA_HOME)`);

@@ -16,12 +16,20 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { cacheBuildDir, LIB_FILE, localBuildDir } from "./paths.ts";
+import { cacheBuildDir, LIB_FILE, localBuildDir, userCacheDir } from "./paths.ts";
 
-/** Debian packages the toolkit relies on. */
-export const DEBIAN_PACKAGES = ["libtorch-dev", "libopenblas0-pthread", "dataset-fashion-mnist"];
+/**
+ * Debian packages the toolkit relies on (`libgloo-dev`: the Gloo headers that distributed
+ * training over libtorch's c10d needs at build time; its library comes with libtorch).
+ */
+export const DEBIAN_PACKAGES = [
+  "libtorch-dev",
+  "libopenblas0-pthread",
+  "dataset-fashion-mnist",
+  "libgloo-dev",
+];
 
-const SOURCES = ["src/core.cpp", "src/ops.cpp", "src/train.cpp", "src/cuda.cpp"];
+const SOURCES = ["src/core.cpp", "src/ops.cpp", "src/train.cpp", "src/cuda.cpp", "src/dist.cpp"];
 const HEADERS = ["include/densedino.h", "src/common.h"];
 
 /** A libtorch found on this machine. */
@@ -42,6 +50,15 @@ export interface Libtorch {
   version: string;
   /** the C++ standard its headers need: c++17, or c++20 for recent releases */
   cxxStd: string;
+  /**
+   * include directories holding `gloo/algorithm.h` (beyond `includes`) when they are not
+   * among the libtorch's own; empty or absent: none needed, or none found (see `gloo`)
+   */
+  glooIncludes?: string[];
+  /** where the Gloo headers were found, null when none were: the shim is then built without Gloo */
+  gloo?: string | null;
+  /** false when the libtorch has no c10d (built without USE_DISTRIBUTED): dist.cpp stubs out */
+  distributed?: boolean;
 }
 
 /** Options of {@link setup}. */
@@ -56,6 +73,8 @@ export interface SetupOptions {
   install?: boolean;
   /** prefix for probing system paths (tests point it at an empty directory) */
   sysroot?: string;
+  /** parallel compiler jobs (default: the number of cores) */
+  jobs?: number;
 }
 
 /** Raised when setup cannot proceed; its message says what to do. */
@@ -313,6 +332,9 @@ export async function ensureDependencies(opts: SetupOptions = {}): Promise<Libto
   }
   const needCxx = !(haveCommand("g++")) && !(haveCommand("c++"));
   if (needCxx) want.push("g++");
+  // the Gloo headers: with Debian's libtorch, from libgloo-dev (pinned by apt to the libgloo0
+  // that libtorch already uses)
+  if (debian && !findGlooHeaders(lt, sysroot)) want.push("libgloo-dev");
   if (want.length > 0 && canInstall) {
     await aptInstall(opts, want);
     lt = await findLibtorch(sysroot);
@@ -321,13 +343,119 @@ export async function ensureDependencies(opts: SetupOptions = {}): Promise<Libto
   if (!(haveCommand("g++")) && !(haveCommand("c++"))) {
     throw new SetupError(`no C++ compiler found. ${manualInstallMessage(["g++"])}`);
   }
-  for (const pkg of want.filter((p) => p !== "libtorch-dev" && p !== "g++")) {
+  for (const pkg of want.filter((p) => !["libtorch-dev", "g++", "libgloo-dev"].includes(p))) {
     const still = pkg === "dataset-fashion-mnist"
       ? !exists(`${sysroot}/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz`)
       : !exists(`${sysroot}/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`);
     if (still) log(opts, `warning: ${pkg} is not installed. ${manualInstallMessage([pkg])}`);
   }
+  await resolveGloo(lt, opts);
+  lt.distributed = await hasC10d(lt);
   return lt;
+}
+
+/** The first directory (libtorch's own include dirs, then /usr/include) with the Gloo headers. */
+function findGlooHeaders(lt: Libtorch | null, sysroot: string): string | null {
+  const dirs = [...(lt?.includes ?? []), `${sysroot}/usr/include`];
+  return dirs.find((d) => exists(`${d}/gloo/algorithm.h`)) ?? null;
+}
+
+/** The Gloo headers unpacked into the cache by an earlier setup, for this libgloo0 version. */
+function cachedGlooDir(version: string): string {
+  return `${userCacheDir()}/gloo/libgloo-dev_${version.replaceAll(/[^A-Za-z0-9.+~_-]/g, "_")}`;
+}
+
+/**
+ * Makes the Gloo headers available for the build: libtorch's own (PyTorch ships them in some
+ * releases), the system's (Debian libgloo-dev), or — when not root — Debian's libgloo-dev of
+ * the installed libgloo0's version, downloaded with `apt-get download` and unpacked into the
+ * cache (`dpkg-deb -x`; nothing is installed). Sets `lt.gloo` / `lt.glooIncludes`; when none
+ * can be had, warns: the shim is then built without Gloo and distributed calls say so.
+ */
+async function resolveGloo(lt: Libtorch, opts: SetupOptions): Promise<void> {
+  const sysroot = opts.sysroot ?? "";
+  const found = findGlooHeaders(lt, sysroot);
+  if (found) {
+    lt.gloo = found;
+    lt.glooIncludes = lt.includes.includes(found) || found === "/usr/include" ? [] : [found];
+    return;
+  }
+  lt.gloo = null;
+  lt.glooIncludes = [];
+  if (lt.source !== "Debian libtorch-dev") {
+    log(
+      opts,
+      `warning: the Gloo headers (gloo/algorithm.h) are not in ${lt.includes[0]}: the shim is ` +
+        "built without Gloo (no distributed training on CPU). Debian/Ubuntu: apt-get install " +
+        "libgloo-dev, then `deno task setup` again",
+    );
+    return;
+  }
+  const q = await run("dpkg-query", ["-W", "-f=${Version}", "libgloo0"]);
+  const version = q.ok ? q.stdout.trim() : "";
+  if (version) {
+    const dir = cachedGlooDir(version);
+    const inc = `${dir}/usr/include`;
+    if (!exists(`${inc}/gloo/algorithm.h`) && opts.install !== false) {
+      await downloadGloo(version, dir, opts);
+    }
+    if (exists(`${inc}/gloo/algorithm.h`)) {
+      lt.gloo = `libgloo-dev ${version} unpacked in ${dir}`;
+      lt.glooIncludes = [inc];
+      return;
+    }
+  }
+  log(
+    opts,
+    "warning: the Gloo headers were not found and could not be fetched: the shim is built " +
+      "without Gloo (no distributed training). Install them with `sudo apt-get install " +
+      "libgloo-dev` (or allow `apt-get download` to reach the package mirror), then run " +
+      "`deno task setup` again",
+  );
+}
+
+/** `apt-get download libgloo-dev=VERSION` into a temporary directory, unpacked into `dir`. */
+async function downloadGloo(version: string, dir: string, opts: SetupOptions): Promise<void> {
+  if (!haveCommand("apt-get") || !haveCommand("dpkg-deb")) return;
+  log(opts, `fetching the Gloo headers (libgloo-dev ${version}) into ${dir}…`);
+  const tmp = Deno.makeTempDirSync({ prefix: "densedino-gloo-" });
+  try {
+    const dl = await new Deno.Command("apt-get", {
+      args: ["download", "-q", `libgloo-dev=${version}`],
+      cwd: tmp,
+      stdout: "piped",
+      stderr: "piped",
+    }).output().catch(() => null);
+    const deb = [...Deno.readDirSync(tmp)].find((e) => e.name.endsWith(".deb"));
+    if (!dl?.success || !deb) {
+      const err = dl ? new TextDecoder().decode(dl.stderr).trim().split("\n").slice(-2) : [];
+      log(opts, `apt-get download libgloo-dev failed${err.length ? `: ${err.join(" ")}` : ""}`);
+      return;
+    }
+    const staged = `${tmp}/x`;
+    const r = await run("dpkg-deb", ["-x", `${tmp}/${deb.name}`, staged]);
+    if (!r.ok || !exists(`${staged}/usr/include/gloo/algorithm.h`)) {
+      log(opts, `dpkg-deb -x failed: ${r.stderr.trim()}`);
+      return;
+    }
+    Deno.mkdirSync(`${dir}/..`, { recursive: true });
+    try {
+      Deno.renameSync(staged, dir); // atomic: a half-unpacked directory is never used
+    } catch {
+      // another setup unpacked it meanwhile
+    }
+  } finally {
+    Deno.removeSync(tmp, { recursive: true });
+  }
+}
+
+/** True unless libtorch_cpu visibly lacks c10d (nm finds no TCPStore); true when unsure. */
+async function hasC10d(lt: Libtorch): Promise<boolean> {
+  const lib = `${lt.libDir}/libtorch_cpu.so`;
+  if (!exists(lib) || !haveCommand("nm")) return true;
+  const r = await run("nm", ["-D", "--defined-only", lib]);
+  if (!r.ok) return true;
+  return r.stdout.includes("_ZN4c10d8TCPStore");
 }
 
 async function readSource(rel: string): Promise<string> {
@@ -360,6 +488,9 @@ function compileFlags(lt: Libtorch, srcDir: string): string[] {
     flags.push("-DDD_WITH_CUDA");
     for (const inc of lt.cudaIncludes) flags.push("-isystem", inc);
   }
+  // dist.cpp enables Gloo (and NCCL) itself when their headers are visible (__has_include)
+  for (const inc of lt.glooIncludes ?? []) flags.push("-isystem", inc);
+  if (lt.distributed === false) flags.push("-DDD_NO_DIST");
   return flags;
 }
 
@@ -405,6 +536,10 @@ export interface SetupResult {
 export async function setup(opts: SetupOptions = {}): Promise<SetupResult> {
   const lt = await ensureDependencies(opts);
   log(opts, `libtorch ${lt.version} (${lt.source}; ${lt.cuda ? "CUDA" : "CPU"}) in ${lt.libDir}`);
+  if (lt.gloo) log(opts, `Gloo headers: ${lt.gloo}`);
+  if (lt.distributed === false) {
+    log(opts, "warning: this libtorch has no c10d (distributed): the shim is built without it");
+  }
   if (lt.cuda && lt.cudaIncludes.length === 0) {
     log(
       opts,
@@ -438,7 +573,7 @@ export async function setup(opts: SetupOptions = {}): Promise<SetupResult> {
     const flags = compileFlags(lt, srcDir);
     const t0 = performance.now();
     log(opts, `compiling ${SOURCES.length} files with ${cxx}…`);
-    const jobs = Math.max(1, navigator.hardwareConcurrency ?? 2);
+    const jobs = Math.max(1, opts.jobs ?? navigator.hardwareConcurrency ?? 2);
     const queue = [...SOURCES];
     const failures: string[] = [];
     await Promise.all(Array.from({ length: Math.min(jobs, queue.length) }, async () => {
@@ -471,7 +606,10 @@ Options:
   --force         rebuild even when the build is up to date (default: false)
   --out-dir DIR   build directory (default: native/build in a checkout, else the per-user
                   cache ~/.cache/densedino/native, or $DENSEDINO_CACHE/native)
-  --no-install    never run apt-get, only report what is missing (default: install when root)
+  --no-install    never run apt-get, only report what is missing (default: install when root;
+                  when not root, the Gloo headers are fetched with apt-get download into the
+                  cache)
+  --jobs N        parallel compiler jobs (default: the number of cores)
   --quiet         no progress on stderr (default: false)
   --help          this text
 
@@ -487,9 +625,15 @@ if (import.meta.main) {
       "out-dir": { type: "string" },
       "no-install": { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
+      jobs: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
+  const jobs = values.jobs === undefined ? undefined : Number(values.jobs);
+  if (jobs !== undefined && !(Number.isSafeInteger(jobs) && jobs >= 1)) {
+    console.error(`setup: --jobs must be an integer ≥ 1, got ${values.jobs}`);
+    Deno.exit(2);
+  }
   if (values.help) {
     console.log(HELP);
     Deno.exit(0);
@@ -500,6 +644,7 @@ if (import.meta.main) {
       outDir: values["out-dir"],
       install: !values["no-install"],
       verbose: !values.quiet,
+      jobs,
       sysroot: Deno.env.get("DENSEDINO_SYSROOT") ?? "",
     });
     console.log(JSON.stringify({
@@ -508,6 +653,7 @@ if (import.meta.main) {
       libtorch: r.libtorch.version,
       source: r.libtorch.source,
       cuda: r.libtorch.cuda,
+      gloo: r.libtorch.gloo != null,
     }));
   } catch (e) {
     if (e instanceof SetupError) {

@@ -7,6 +7,11 @@
  * Progress on stderr; the last stdout line is a JSON summary (epochs, iterations, final losses,
  * images/s, output paths). `--help` lists every flag with its default.
  *
+ * Data-parallel over several processes or machines: start it through `scripts/launch.ts`
+ * (or any launcher that sets torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT). With
+ * WORLD_SIZE > 1 it joins a c10d process group (Gloo on CPU, NCCL with --device cuda);
+ * `--batch-size` is then per process and only rank 0 writes OUT and prints the summary.
+ *
  * @module
  */
 import { parseArgs } from "node:util";
@@ -19,6 +24,13 @@ import {
   TrainError,
 } from "../lib/densedino/mod.ts";
 import { DEFAULT_VIEW_OPTIONS, type ViewSamplerOptions } from "../lib/densedino/views.ts";
+import {
+  DEFAULT_DIST_TIMEOUT_MS,
+  distEnv,
+  DistError,
+  initProcessGroup,
+  type ProcessGroup,
+} from "../lib/torch/mod.ts";
 
 type Kind = "string" | "number" | "boolean" | "pair";
 interface FlagSpec {
@@ -91,7 +103,12 @@ const FLAGS: FlagSpec[] = [
   { key: "allCropsRef", kind: "boolean", help: "reference loss over every student view" },
   { key: "alpha", kind: "number", help: "loss weight: alpha·L_cls + (1−alpha)·L_ref" },
   { key: "epochs", kind: "number", help: "training epochs" },
-  { key: "batchSize", kind: "number", help: "images per batch" },
+  {
+    key: "batchSize",
+    kind: "number",
+    help: "images per batch and process (global batch: processes × this, as the official " +
+      "--batch_size_per_gpu)",
+  },
   { key: "lr", kind: "number", help: "base learning rate (scaled by batch/256)" },
   { key: "minLr", kind: "number", help: "final learning rate" },
   { key: "warmupEpochs", kind: "number", help: "linear learning-rate warm-up epochs" },
@@ -171,13 +188,28 @@ function help(): string {
     "OUT/log.jsonl, OUT/config.json and OUT/loss.png; prints a JSON summary as the last line.",
     "",
     ...lines,
+    `  ${"--dist-timeout X".padEnd(30)} several processes: rendezvous and per-collective ` +
+    `timeout in ms, else DENSEDINO_DIST_TIMEOUT_MS (default ${DEFAULT_DIST_TIMEOUT_MS})`,
     "  --help                         this text",
+    "",
+    "Several processes or machines: deno run -A scripts/launch.ts --nproc N [--nnodes M",
+    "--node-rank R --master-addr A --master-port P] scripts/train.ts [flags] (see the README).",
   ].join("\n");
 }
 
 /** Parses the command line into training options (exported for tests). */
 export function parseTrainArgs(args: string[]): Partial<TrainConfig> | "help" {
-  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
+  return parseTrainCommandLine(args).options;
+}
+
+/** The training options and the distributed timeout (`--dist-timeout`, ms) of a command line. */
+export function parseTrainCommandLine(
+  args: string[],
+): { options: Partial<TrainConfig> | "help"; distTimeoutMs?: number } {
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    help: { type: "boolean" },
+    "dist-timeout": { type: "string" },
+  };
   for (const f of FLAGS) {
     options[kebab(f.key)] = { type: f.kind === "boolean" ? "boolean" : "string" };
     if (f.kind === "boolean") options[`no-${kebab(f.key)}`] = { type: "boolean" };
@@ -189,7 +221,16 @@ export function parseTrainArgs(args: string[]): Partial<TrainConfig> | "help" {
     throw new ConfigError(`${(e as Error).message} (see --help)`);
   }
   const v = parsed.values as Record<string, string | boolean | undefined>;
-  if (v.help) return "help";
+  if (v.help) return { options: "help" };
+  let distTimeoutMs: number | undefined;
+  if (v["dist-timeout"] !== undefined) {
+    distTimeoutMs = Number(v["dist-timeout"]);
+    if (!(Number.isSafeInteger(distTimeoutMs) && distTimeoutMs > 0)) {
+      throw new ConfigError(
+        `--dist-timeout must be a positive integer (milliseconds), got "${v["dist-timeout"]}"`,
+      );
+    }
+  }
   const cfg: Record<string, unknown> = {};
   const views: Record<string, unknown> = {};
   for (const f of FLAGS) {
@@ -213,34 +254,55 @@ export function parseTrainArgs(args: string[]): Partial<TrainConfig> | "help" {
     (f.view ? views : cfg)[f.key] = value;
   }
   if (Object.keys(views).length) cfg.views = views as ViewSamplerOptions;
-  return cfg as Partial<TrainConfig>;
+  return { options: cfg as Partial<TrainConfig>, distTimeoutMs };
 }
 
 if (import.meta.main) {
   let code = 0;
+  let group: ProcessGroup | null = null;
+  let prefix = "train: ";
   try {
-    const opts = parseTrainArgs(Deno.args);
+    const { options: opts, distTimeoutMs } = parseTrainCommandLine(Deno.args);
     if (opts === "help") {
       console.log(help());
     } else {
-      const trainer = await Trainer.create(opts);
+      const env = distEnv();
+      if (env && env.worldSize > 1) {
+        prefix = `train [rank ${env.rank}]: `;
+        group = initProcessGroup({
+          ...env,
+          device: opts.device === "cuda" ? "cuda" : "cpu",
+          timeoutMs: distTimeoutMs,
+        });
+      }
+      const trainer = await Trainer.create(opts, { group: group ?? undefined });
       try {
         const summary = await trainer.run();
-        console.log(JSON.stringify(summary));
+        if (trainer.isMain) {
+          console.log(
+            JSON.stringify(
+              group
+                ? { ...summary, worldSize: group.worldSize, commSeconds: trainer.commSeconds }
+                : summary,
+            ),
+          );
+        }
       } finally {
         trainer.free();
       }
     }
   } catch (e) {
     if (e instanceof ConfigError || e instanceof RangeError) {
-      console.error(`train: ${e.message}`);
+      console.error(`${prefix}${e.message}`);
       code = 2;
-    } else if (e instanceof TrainError) {
-      console.error(`train: ${e.message}`);
+    } else if (e instanceof TrainError || e instanceof DistError) {
+      console.error(`${prefix}${e.message}`);
       code = 1;
     } else {
       throw e;
     }
+  } finally {
+    group?.destroy();
   }
   Deno.exit(code);
 }

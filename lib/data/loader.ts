@@ -167,6 +167,17 @@ export interface LoaderOptions<T, B> {
   workers?: number;
   /** where skip warnings go (default: a line on stderr) */
   warn?: (message: string) => void;
+  /**
+   * Distributed sampling: this process is rank `rank` of `world`, each with batches of
+   * `batchSize` (see {@link DataLoader.order}). Every rank draws the same epoch order from the
+   * shared seed; rank r takes, from each consecutive chunk of `batchSize · world` indices, the
+   * part `[r · batchSize, (r + 1) · batchSize)`. The shards are disjoint, reshuffled per epoch,
+   * and the ranks' k-th batches together are exactly the k-th batch of size
+   * `batchSize · world` of one unsharded loader (rank 0's examples first). With `dropLast`
+   * the last incomplete chunk is dropped on every rank (all ranks get the same batch count);
+   * without, it is split the same way (later ranks may get fewer or none).
+   */
+  shard?: { rank: number; world: number };
   /** how long close() waits for a worker to free what it holds before terminating it (10000) */
   closeTimeoutMs?: number;
 }
@@ -1128,6 +1139,8 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
   readonly prefetch: number;
   /** number of Deno Workers (0 = main thread) */
   readonly workers: number;
+  /** this loader's shard ({ rank: 0, world: 1 } when not distributed) */
+  readonly shard: { readonly rank: number; readonly world: number };
 
   readonly #opts: LoaderOptions<T, B>;
   readonly #collate: Collate<T, B>;
@@ -1157,6 +1170,12 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
     checkSeed(this.seed, "DataLoader: seed");
     this.shuffle = opts.shuffle ?? true;
     this.dropLast = opts.dropLast ?? true;
+    const world = int(opts.shard?.world ?? 1, 1, "shard.world");
+    const rank = int(opts.shard?.rank ?? 0, 0, "shard.rank");
+    if (rank >= world) {
+      throw new RangeError(`DataLoader: shard.rank ${rank} is outside 0…${world - 1}`);
+    }
+    this.shard = Object.freeze({ rank, world });
     if (opts.dataset !== undefined && this.workers > 0) {
       throw new TypeError(
         "DataLoader: workers need a `source` (module URL + factory name + options): a dataset " +
@@ -1205,10 +1224,18 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
     return this.#length;
   }
 
-  /** Batches per epoch when no example is skipped (after {@link ready}). */
+  /** Batches per epoch (of this rank's shard) when no example is skipped (after {@link ready}). */
   get batchesPerEpoch(): number {
-    const n = this.length;
+    const n = this.shard.world === 1 ? this.length : this.#shardLength();
     return this.dropLast ? Math.floor(n / this.batchSize) : Math.ceil(n / this.batchSize);
+  }
+
+  #shardLength(): number {
+    const n = this.length, B = this.batchSize, { rank, world } = this.shard;
+    const full = Math.floor(n / (B * world));
+    if (this.dropLast) return full * B;
+    const tail = n - full * B * world;
+    return full * B + Math.max(0, Math.min(B, tail - rank * B));
   }
 
   /** The summary of the current (or last) epoch: a copy. */
@@ -1220,14 +1247,30 @@ export class DataLoader<T = Sample, B = DefaultBatch<T>> implements AsyncDisposa
     return s;
   }
 
-  /** The order in which epoch `e` visits the data set's indices (after {@link ready}). */
+  /**
+   * The order in which epoch `e` visits the data set's indices (after {@link ready}); with a
+   * `shard`, this rank's part of it (see {@link LoaderOptions.shard}).
+   */
   order(e: number): number[] {
     const n = this.length;
-    if (!this.shuffle) return Array.from({ length: n }, (_, i) => i);
-    checkSeed(e, "DataLoader: epoch");
-    using g = new Generator(epochSeed(this.seed, e));
-    using p = randperm(n, { generator: g });
-    return Array.from(p.toTypedArray() as BigInt64Array, Number);
+    let full: number[];
+    if (!this.shuffle) full = Array.from({ length: n }, (_, i) => i);
+    else {
+      checkSeed(e, "DataLoader: epoch");
+      using g = new Generator(epochSeed(this.seed, e));
+      using p = randperm(n, { generator: g });
+      full = Array.from(p.toTypedArray() as BigInt64Array, Number);
+    }
+    const { rank, world } = this.shard;
+    if (world === 1) return full;
+    const B = this.batchSize, G = B * world;
+    const chunks = this.dropLast ? Math.floor(n / G) : Math.ceil(n / G);
+    const mine: number[] = [];
+    for (let c = 0; c < chunks; c++) {
+      const from = Math.min(c * G + rank * B, n);
+      mine.push(...full.slice(from, Math.min(from + B, (c + 1) * G, n)));
+    }
+    return mine;
   }
 
   /**

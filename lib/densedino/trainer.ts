@@ -12,14 +12,30 @@
  * `OUT/teacher_backbone.safetensors` with bare ViT keys — each written atomically. Resuming
  * restores all of it, so a resumed run computes exactly what an uninterrupted one would.
  *
+ * **Data parallelism** (with {@link TrainerHooks.group}, a c10d process group; `scripts/train.ts`
+ * makes one from torchrun's environment, which `scripts/launch.ts` sets) follows the official
+ * code: `batchSize` is per process (`--batch_size_per_gpu`), the global batch is
+ * `batchSize · worldSize` (it scales the lr and sets the iterations per epoch); rank 0's
+ * parameters are broadcast at the start; each rank loads a disjoint shard of every global batch
+ * (the same order from the shared seed, reshuffled per epoch); after backward the gradients are
+ * averaged over ranks (bucketed all-reduce of the flattened gradients) before unscaling,
+ * clipping and AdamW; the loss centres are updated from the all-reduced batch centre; the logged
+ * losses are global means. Only rank 0 writes OUT (config, log, checkpoints, plot) and shows
+ * progress. A resume needs the same world size; rank 0 reads the checkpoint and sends it to the
+ * others (no shared storage needed). With the same images, `dropPathRate` 0 and fp32, N
+ * processes with batch b train the same model as one process with batch N·b, up to float
+ * rounding (tests/densedino/dist_train_test.ts).
+ *
  * @module
  */
 import {
   AdamW,
   autocast,
   clipGradNorms,
+  deserializeSafetensors,
   emaUpdate,
   freeAll,
+  fromTypedArray,
   getNumThreads,
   getRngState,
   GradScaler,
@@ -28,6 +44,7 @@ import {
   manualSeed,
   noGrad,
   type ParamGroup,
+  type ProcessGroup,
   saveSafetensors,
   scope,
   setNumThreads,
@@ -114,6 +131,11 @@ export interface TrainerHooks {
   progress?: boolean;
   /** called after every iteration (tests) */
   onStep?: (iteration: number, stats: StepStats) => void;
+  /**
+   * The process group of data-parallel training (see the module documentation); absent or of
+   * world size 1: a single process. The trainer does not destroy it.
+   */
+  group?: ProcessGroup;
 }
 
 const CHECKPOINT = "checkpoint.safetensors";
@@ -151,6 +173,10 @@ export class Trainer {
   readonly #studentParams: Tensor[];
   readonly #teacherParams: Tensor[];
   readonly #lastLayer: Tensor[];
+  /** the process group when distributed (world size > 1), else null */
+  readonly group: ProcessGroup | null;
+  /** seconds spent in the gradient all-reduce during {@link run} (0 for one process) */
+  commSeconds = 0;
 
   private constructor(
     cfg: TrainConfig,
@@ -180,6 +206,17 @@ export class Trainer {
     this.#studentParams = parts.student.parameters();
     this.#teacherParams = parts.teacher.parameters();
     this.#lastLayer = parts.lastLayer;
+    this.group = hooks.group && hooks.group.worldSize > 1 ? hooks.group : null;
+  }
+
+  /** Number of processes training together (1 without a group). */
+  get worldSize(): number {
+    return this.group?.worldSize ?? 1;
+  }
+
+  /** True on the process that writes OUT and reports (rank 0, or the only process). */
+  get isMain(): boolean {
+    return this.group === null || this.group.isMain;
   }
 
   /**
@@ -189,13 +226,23 @@ export class Trainer {
   static async create(opts: Partial<TrainConfig>, hooks: TrainerHooks = {}): Promise<Trainer> {
     const cfg = resolveTrainConfig(opts);
     const log = hooks.log ?? ((m: string) => console.error(m));
-    await prepareOut(cfg);
-    await removeStaleTemporaries(cfg.out, log);
-    if (cfg.resume) {
-      // an early check against the sidecar; restoring checks the checkpoint's own copy again
-      const saved = await readSidecar(cfg.out);
-      if (saved) checkResumable(saved.config, cfg, `${cfg.out}/${SIDECAR}`);
-    }
+    const group = hooks.group && hooks.group.worldSize > 1 ? hooks.group : null;
+    const world = group?.worldSize ?? 1;
+    const main = group === null || group.isMain;
+    if (group) checkSameConfig(group, cfg);
+    // OUT belongs to rank 0; its checks' outcome is shared so every rank stops on an error
+    await onMainFirst(group, async () => {
+      await prepareOut(cfg);
+      await removeStaleTemporaries(cfg.out, log);
+      if (cfg.resume) {
+        // an early check against the sidecar; restoring checks the checkpoint's own copy again
+        const saved = await readSidecar(cfg.out);
+        if (saved) {
+          checkResumable(saved.config, cfg, `${cfg.out}/${SIDECAR}`);
+          checkWorldSize(saved.worldSize, world, `${cfg.out}/${SIDECAR}`);
+        }
+      }
+    });
     if (cfg.threads > 0) setNumThreads(cfg.threads);
     manualSeed(cfg.seed);
     const views = cfg.views;
@@ -205,20 +252,32 @@ export class Trainer {
       data: cfg.data,
       scenes: cfg.scenes,
       views,
-      quiet: cfg.workers > 0,
+      quiet: cfg.workers > 0 || !main,
     };
     // the data set is opened here first: a missing or empty data set fails before training, and
-    // a generated data set is cached before the workers open it
-    const probe = await openTrainDataset({ ...source, quiet: false });
-    const n = probe.length;
-    (probe as { [Symbol.dispose]?: () => void })[Symbol.dispose]?.();
-    if (n < cfg.batchSize) {
+    // a generated data set is cached before the workers open it (by the first process of each
+    // machine, before the others: no duplicated generation, no racing writers)
+    const firstOnMachine = group === null || group.localRank === 0;
+    const openProbe = async () => {
+      const probe = await openTrainDataset({ ...source, quiet: !main });
+      const n = probe.length;
+      (probe as { [Symbol.dispose]?: () => void })[Symbol.dispose]?.();
+      return n;
+    };
+    let n = firstOnMachine ? await openProbe() : 0;
+    group?.barrier();
+    if (!firstOnMachine) n = await openProbe();
+    const globalBatch = cfg.batchSize * world;
+    if (n < globalBatch) {
       throw new ConfigError(
-        `--batch-size ${cfg.batchSize} is larger than the data set (${n} images) and the last short ` +
-          `batch is dropped: no iteration would run`,
+        world === 1
+          ? `--batch-size ${cfg.batchSize} is larger than the data set (${n} images) and the last ` +
+            `short batch is dropped: no iteration would run`
+          : `the global batch (--batch-size ${cfg.batchSize} × ${world} processes = ${globalBatch}) ` +
+            `is larger than the data set (${n} images): no iteration would run`,
       );
     }
-    const itersPerEpoch = Math.floor(n / cfg.batchSize);
+    const itersPerEpoch = Math.floor(n / globalBatch);
     const loader = new DataLoader<MultiCropItem, MultiCropBatch>({
       source: trainSourceSpec(source),
       batchSize: cfg.batchSize,
@@ -228,6 +287,7 @@ export class Trainer {
       // on CUDA the batch is collated into pinned memory: its copies to the GPU run asynchronously
       collate: cfg.device === "cuda" ? collateMultiCropPinned : collateMultiCrop,
       warn: log,
+      shard: group ? { rank: group.rank, world } : undefined,
     });
     const build = (dropPathRate: number) => {
       const backbone = createViT(cfg.arch, {
@@ -247,6 +307,8 @@ export class Trainer {
     };
     const student = build(cfg.dropPathRate);
     const teacher = build(0);
+    // every rank starts from rank 0's weights (seeded alike anyway; this makes it certain)
+    group?.broadcast(student.parameters(), 0);
     teacher.loadStateDict(student.stateDict());
     for (const p of teacher.parameters()) if (p.requiresGrad) p.requiresGrad_(false);
     if (cfg.device === "cuda") {
@@ -269,7 +331,7 @@ export class Trainer {
     ];
     const optimizer = new AdamW(groups, { lr: 0, weightDecay: 0 });
     const lr = cosineSchedule(
-      linearScaledLr(cfg.lr, cfg.batchSize),
+      linearScaledLr(cfg.lr, globalBatch),
       cfg.minLr,
       cfg.epochs,
       itersPerEpoch,
@@ -294,6 +356,9 @@ export class Trainer {
       loss: cfg.loss,
       allCropsCls: cfg.allCropsCls,
       allCropsRef: cfg.allCropsRef,
+      // the official code: the batch centre is all-reduced, then divided by (views · B · world)
+      worldSize: world,
+      reduce: group ? (sums) => group.allReduce(sums, "sum") : undefined,
     });
     const t = new Trainer(cfg, {
       student,
@@ -305,11 +370,13 @@ export class Trainer {
       schedules: { lr, wd, momentum },
       lastLayer,
     }, hooks);
-    await Deno.writeTextFile(`${cfg.out}/config.json`, JSON.stringify(cfg, null, 2) + "\n");
-    // a fresh run starts a fresh log; a resumed one appends, after a line cut off by a crash
-    // is dropped (else the next record would be glued to it)
-    if (cfg.resume) await dropPartialLine(`${cfg.out}/log.jsonl`);
-    else await Deno.remove(`${cfg.out}/log.jsonl`).catch(() => {});
+    if (main) {
+      await Deno.writeTextFile(`${cfg.out}/config.json`, JSON.stringify(cfg, null, 2) + "\n");
+      // a fresh run starts a fresh log; a resumed one appends, after a line cut off by a crash
+      // is dropped (else the next record would be glued to it)
+      if (cfg.resume) await dropPartialLine(`${cfg.out}/log.jsonl`);
+      else await Deno.remove(`${cfg.out}/log.jsonl`).catch(() => {});
+    }
     if (cfg.resume) await t.#restore();
     return t;
   }
@@ -363,7 +430,15 @@ export class Trainer {
         this.epoch,
         { entropy: true },
       );
-      const [loss, cls, ref] = [out.total.item(), out.cls.item(), out.ref.item()];
+      let [loss, cls, ref] = [out.total.item(), out.cls.item(), out.ref.item()];
+      let entropy = out.entropy ? out.entropy.item() : NaN;
+      if (this.group) {
+        // the global batch's means (each rank's loss is its shard's mean); all ranks then make
+        // the same finiteness decision below
+        const s = fromTypedArray(new Float64Array([loss, cls, ref, entropy]), [4]);
+        this.group.allReduce(s, "avg");
+        [loss, cls, ref, entropy] = Array.from(s.toTypedArray() as Float64Array);
+      }
       if (!Number.isFinite(loss)) {
         throw new TrainError(
           `the loss is ${loss} at epoch ${this.epoch}, iteration ${it} (class ${cls}, reference ${ref}): ` +
@@ -373,6 +448,13 @@ export class Trainer {
       }
       zeroGrads(this.#studentParams, true);
       (this.scaler ? this.scaler.scaleLoss(out.total) : out.total).backward();
+      if (this.group) {
+        // as DDP: the mean gradient over ranks, before unscaling and clipping (an inf on any
+        // rank reaches every rank, so all make the same fp16 skip decision)
+        const c0 = performance.now();
+        this.group.allReduceGrads(this.#studentParams, { average: true });
+        this.commSeconds += (performance.now() - c0) / 1e3;
+      }
       let skipped = false;
       if (this.scaler) skipped = this.scaler.unscale(this.#studentParams);
       if (cfg.clipGrad > 0) clipGradNorms(this.#studentParams, cfg.clipGrad);
@@ -384,7 +466,7 @@ export class Trainer {
         loss,
         cls,
         ref,
-        entropy: out.entropy ? out.entropy.item() : NaN,
+        entropy,
         lr,
         wd,
         momentum: m,
@@ -398,15 +480,20 @@ export class Trainer {
   async run(): Promise<TrainSummary> {
     const cfg = this.config;
     const t0 = performance.now();
-    const log = new JsonlLog(`${cfg.out}/log.jsonl`);
+    const main = this.isMain;
+    const group = this.group;
+    const world = this.worldSize;
+    // other ranks write nothing: their log goes nowhere
+    const log = main ? new JsonlLog(`${cfg.out}/log.jsonl`) : { write() {}, close() {} };
     const total = this.totalIterations;
     const progress = new Progress({
       label: cfg.method,
       total,
       unit: "it",
       initial: this.iteration,
-      enabled: this.#hooks.progress ?? true,
+      enabled: main && (this.#hooks.progress ?? true),
     });
+    this.commSeconds = 0;
     let images = 0, wait = 0;
     let last: StepStats | null = null;
     let collapsedWarned = -1;
@@ -416,62 +503,78 @@ export class Trainer {
         const e = this.epoch;
         const sums = { loss: 0, cls: 0, ref: 0, n: 0 };
         const epochStart = performance.now();
-        for await (const batch of this.loader.epoch(e, { start: this.position })) {
-          try {
-            const stats = this.step(batch);
-            images += batch.indices.length;
-            this.iteration++;
-            this.position = this.loader.stats.nextPosition;
-            last = stats;
-            sums.loss += stats.loss;
-            sums.cls += stats.cls;
-            sums.ref += stats.ref;
-            sums.n++;
-            this.#hooks.onStep?.(this.iteration, stats);
-            if (isCollapsed(stats.entropy, cfg.outDim) && collapsedWarned !== e) {
-              collapsedWarned = e;
-              progress.log(
-                `warning: the teacher's outputs are near uniform (entropy ${
-                  stats.entropy.toFixed(3)
-                } ≈ ` +
-                  `ln(${cfg.outDim}) = ${
-                    Math.log(cfg.outDim).toFixed(3)
-                  }): the model may be collapsing; ` +
-                  `consider a lower --teacher-temp, a smaller --out-dim or a lower --lr`,
-              );
+        const batches = this.loader.epoch(e, { start: this.position });
+        let exhausted = false; // some rank's shard ran out: the epoch ends on every rank
+        try {
+          while (true) {
+            const next = await batches.next();
+            // step agreement: a rank whose shard ran out (skipped examples) ends the epoch for all,
+            // instead of leaving the others waiting in the next collective
+            if (group && !agreeHaveBatch(group, !next.done)) {
+              if (!next.done) next.value.free();
+              exhausted = true;
+              break;
             }
-            const elapsed = (performance.now() - t0) / 1e3;
-            progress.tick(1, {
-              epoch: e,
-              loss: stats.loss,
-              cls: stats.cls,
-              ref: stats.ref,
-              lr: stats.lr,
-              wd: stats.wd,
-              m: stats.momentum,
-              "img/s": images / Math.max(elapsed, 1e-9),
-            });
-            if (this.iteration % cfg.logEvery === 0 || this.iteration === total) {
-              log.write({
-                type: "iter",
+            if (next.done) break;
+            const batch = next.value;
+            try {
+              const stats = this.step(batch);
+              images += batch.indices.length * world;
+              this.iteration++;
+              this.position = this.loader.stats.nextPosition;
+              last = stats;
+              sums.loss += stats.loss;
+              sums.cls += stats.cls;
+              sums.ref += stats.ref;
+              sums.n++;
+              this.#hooks.onStep?.(this.iteration, stats);
+              if (main && isCollapsed(stats.entropy, cfg.outDim) && collapsedWarned !== e) {
+                collapsedWarned = e;
+                progress.log(
+                  `warning: the teacher's outputs are near uniform (entropy ${
+                    stats.entropy.toFixed(3)
+                  } ≈ ` +
+                    `ln(${cfg.outDim}) = ${
+                      Math.log(cfg.outDim).toFixed(3)
+                    }): the model may be collapsing; ` +
+                    `consider a lower --teacher-temp, a smaller --out-dim or a lower --lr`,
+                );
+              }
+              const elapsed = (performance.now() - t0) / 1e3;
+              progress.tick(1, {
                 epoch: e,
-                iteration: this.iteration,
-                ...stats,
-                imagesPerSec: images / elapsed,
+                loss: stats.loss,
+                cls: stats.cls,
+                ref: stats.ref,
+                lr: stats.lr,
+                wd: stats.wd,
+                m: stats.momentum,
+                "img/s": images / Math.max(elapsed, 1e-9),
               });
+              if (this.iteration % cfg.logEvery === 0 || this.iteration === total) {
+                log.write({
+                  type: "iter",
+                  epoch: e,
+                  iteration: this.iteration,
+                  ...stats,
+                  imagesPerSec: images / elapsed,
+                });
+              }
+              if (cfg.saveEvery > 0 && this.iteration % cfg.saveEvery === 0) {
+                await this.saveCheckpoint();
+              }
+            } finally {
+              batch.free();
             }
-            if (cfg.saveEvery > 0 && this.iteration % cfg.saveEvery === 0) {
-              await this.saveCheckpoint();
-            }
-          } finally {
-            batch.free();
+            if (cfg.maxIters > 0 && this.iteration >= cfg.maxIters) break; // a smoke run's end
           }
-          if (cfg.maxIters > 0 && this.iteration >= cfg.maxIters) break; // a smoke run's end
+        } finally {
+          await batches.return(undefined); // frees what the loader prefetched (as for-await does)
         }
         wait += this.loader.stats.waitSeconds;
         // a maxIters stop on the epoch's last batch leaves the loader unfinished, yet no full
         // batch is left (drop_last): the epoch is complete (so the checkpoint says the next epoch)
-        const finished = this.loader.stats.complete ||
+        const finished = this.loader.stats.complete || exhausted ||
           this.position >= this.itersPerEpoch * cfg.batchSize;
         if (finished) {
           this.epoch++;
@@ -501,9 +604,11 @@ export class Trainer {
     const seconds = (performance.now() - t0) / 1e3;
     const lossCurve = `${cfg.out}/loss.png`;
     // the plot is a by-product: failing to draw it must not fail a finished run
-    await this.#plotLoss(lossCurve).catch((e) =>
-      this.#log(`warning: could not draw ${lossCurve}: ${(e as Error).message}`)
-    );
+    if (main) {
+      await this.#plotLoss(lossCurve).catch((e) =>
+        this.#log(`warning: could not draw ${lossCurve}: ${(e as Error).message}`)
+      );
+    }
     return {
       epochs: this.epoch,
       iterations: this.iteration,
@@ -522,8 +627,31 @@ export class Trainer {
     };
   }
 
-  /** Writes the checkpoint, its sidecar and the teacher backbone (each atomically). */
+  /**
+   * Writes the checkpoint, its sidecar and the teacher backbone (each atomically). Distributed:
+   * every rank must call it (the ranks' data positions are gathered); rank 0 writes, then all
+   * wait for it.
+   */
   async saveCheckpoint(): Promise<void> {
+    let positions = [this.position];
+    if (this.group) {
+      using mine = fromTypedArray(new Float64Array([this.position]), [1]);
+      using all = this.group.allGather(mine);
+      positions = Array.from(all.toTypedArray() as Float64Array);
+      if (!this.group.isMain) {
+        this.group.barrier();
+        return;
+      }
+    }
+    try {
+      await this.#writeCheckpoint(positions);
+    } finally {
+      // the others wait for the write: none runs ahead of the checkpoint a resume starts from
+      this.group?.barrier();
+    }
+  }
+
+  async #writeCheckpoint(positions: number[]): Promise<void> {
     const cfg = this.config;
     const tensors: Record<string, Tensor> = {};
     for (const [k, v] of this.student.namedParameters()) tensors[`student.${k}`] = v;
@@ -541,6 +669,8 @@ export class Trainer {
       epoch: this.epoch,
       iteration: this.iteration,
       position: this.position,
+      worldSize: this.worldSize,
+      positions,
       config: cfg,
       optimizer: opt.meta,
       scaler: this.scaler?.state() ?? null,
@@ -564,9 +694,26 @@ export class Trainer {
   async #restore(): Promise<void> {
     const cfg = this.config;
     const path = `${cfg.out}/${CHECKPOINT}`;
-    const { tensors, metadata } = await loadSafetensors(path).catch((e) => {
-      throw new TrainError(`--resume: cannot read ${path}: ${(e as Error).message}`);
-    });
+    const read = async () =>
+      await loadSafetensors(path).catch((e) => {
+        throw new TrainError(`--resume: cannot read ${path}: ${(e as Error).message}`);
+      });
+    let content;
+    if (this.group) {
+      // rank 0 reads OUT and sends the file: the other ranks need no access to it
+      const group = this.group;
+      let bytes: Uint8Array | undefined;
+      await onMainFirst(group, async () => {
+        bytes = await Deno.readFile(path).catch((e) => {
+          throw new TrainError(`--resume: cannot read ${path}: ${(e as Error).message}`);
+        });
+      });
+      const got = group.broadcastBytes(bytes, 0);
+      content = deserializeSafetensors(got, {}, path);
+    } else {
+      content = await read();
+    }
+    const { tensors, metadata } = content;
     try {
       const meta = JSON.parse(metadata.densedino ?? "null");
       if (!meta || meta.format !== "densedino-checkpoint") {
@@ -575,6 +722,7 @@ export class Trainer {
         );
       }
       checkResumable(meta.config, cfg, path);
+      checkWorldSize(meta.worldSize, this.worldSize, path);
       const pick = (prefix: string) =>
         Object.fromEntries(
           Object.entries(tensors).filter(([k]) => k.startsWith(prefix)).map((
@@ -592,14 +740,17 @@ export class Trainer {
       if (this.scaler && meta.scaler) this.scaler.loadState(meta.scaler);
       this.epoch = meta.epoch;
       this.iteration = meta.iteration;
-      this.position = meta.position;
+      // each rank continues its own shard where it stopped
+      this.position = this.group ? meta.positions[this.group.rank] : meta.position;
       if (meta.threads && cfg.threads === 0 && meta.threads !== getNumThreads()) {
         this.#log(
           `note: the checkpoint was written with ${meta.threads} intra-op threads, this run has ` +
             `${getNumThreads()}; results may differ in the last bits (--threads ${meta.threads} matches)`,
         );
       }
-      this.#log(`resumed from ${path}: epoch ${this.epoch}, iteration ${this.iteration}`);
+      if (this.isMain) {
+        this.#log(`resumed from ${path}: epoch ${this.epoch}, iteration ${this.iteration}`);
+      }
     } finally {
       freeAll(tensors);
     }
@@ -630,6 +781,83 @@ export class Trainer {
     this.loss.free();
     this.optimizer.free();
   }
+}
+
+/** A resume needs the world size the checkpoint was written with (1 for older checkpoints). */
+function checkWorldSize(saved: number | undefined, now: number, where: string): void {
+  const s = saved ?? 1;
+  if (s !== now) {
+    throw new ConfigError(
+      `cannot resume from ${where}: it was written by ${s} process${
+        s === 1 ? "" : "es"
+      } and this ` +
+        `run has ${now}; resume with the same number of processes (scripts/launch.ts --nproc / ` +
+        `--nnodes) so that the data shards and the global batch stay the same`,
+    );
+  }
+}
+
+/**
+ * Runs `fn` on rank 0 only (all of it without a group), then tells every rank whether it
+ * failed: a failure is rethrown on rank 0 and reported on the others as the same kind of error
+ * naming rank 0, so every rank stops instead of waiting in the next collective.
+ */
+async function onMainFirst(group: ProcessGroup | null, fn: () => Promise<void>): Promise<void> {
+  if (group === null) return await fn();
+  let failure: unknown = null;
+  if (group.isMain) {
+    try {
+      await fn();
+    } catch (e) {
+      failure = e;
+    }
+  }
+  const shared = group.broadcastJson<{ kind: string; message: string } | null>(
+    failure === null ? null : {
+      kind: failure instanceof ConfigError ? "config" : "train",
+      message: (failure as Error).message ?? String(failure),
+    },
+  );
+  if (group.isMain && failure !== null) throw failure;
+  if (shared !== null) {
+    const msg = `rank 0 stopped: ${shared.message}`;
+    throw shared.kind === "config" ? new ConfigError(msg) : new TrainError(msg);
+  }
+}
+
+/** Options that may differ between ranks (they change no result). */
+const PER_RANK_OPTIONS = new Set(["out", "workers", "threads"]);
+
+/** Every rank must train with rank 0's configuration (but for {@link PER_RANK_OPTIONS}). */
+function checkSameConfig(group: ProcessGroup, cfg: TrainConfig): void {
+  const strip = (c: TrainConfig) =>
+    Object.fromEntries(Object.entries(c).filter(([k]) => !PER_RANK_OPTIONS.has(k)));
+  const mine = strip(cfg);
+  const rank0 = group.broadcastJson(group.isMain ? mine : undefined, 0);
+  const diffs = Object.keys({ ...rank0, ...mine }).filter((k) =>
+    JSON.stringify(rank0[k]) !== JSON.stringify(mine[k])
+  ).map((k) =>
+    `${k}: rank 0 ${JSON.stringify(rank0[k])}, rank ${group.rank} ${JSON.stringify(mine[k])}`
+  );
+  // every rank learns whether any rank differs, so all stop together
+  using bad = fromTypedArray(new Float64Array([diffs.length > 0 ? 1 : 0]), [1]);
+  group.allReduce(bad, "max");
+  if (bad.item() > 0) {
+    throw new ConfigError(
+      diffs.length > 0
+        ? `rank ${group.rank} was started with other training options than rank 0: ${
+          diffs.join("; ")
+        }`
+        : "another rank was started with other training options than rank 0 (its output says which)",
+    );
+  }
+}
+
+/** True when every rank has a batch (a MIN all-reduce of one flag). */
+function agreeHaveBatch(group: ProcessGroup, have: boolean): boolean {
+  using flag = fromTypedArray(new Float64Array([have ? 1 : 0]), [1]);
+  group.allReduce(flag, "min");
+  return flag.item() > 0;
 }
 
 async function prepareOut(cfg: TrainConfig): Promise<void> {
@@ -700,7 +928,9 @@ async function dropPartialLine(path: string): Promise<void> {
  * The sidecar's contents; null when it is missing but the checkpoint exists (a crash between the
  * two writes: the checkpoint's metadata holds the same record).
  */
-async function readSidecar(out: string): Promise<{ config: TrainConfig } | null> {
+async function readSidecar(
+  out: string,
+): Promise<{ config: TrainConfig; worldSize?: number } | null> {
   const path = `${out}/${SIDECAR}`;
   try {
     return JSON.parse(await Deno.readTextFile(path));

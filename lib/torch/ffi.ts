@@ -8,7 +8,7 @@
 import { libraryCandidates, NATIVE_ENV } from "../../native/paths.ts";
 
 /** The ABI version this binding expects (DD_ABI_VERSION in native/include/densedino.h). */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 const H = "u32" as const; // tensor / generator handle
 const I = "i32" as const;
@@ -158,6 +158,16 @@ const SYMBOLS = {
   dd_zero_grads: { parameters: [B, I, I], result: I },
   dd_adamw_step: { parameters: [B, B, B, B, I, F, F, F, F, F], result: I },
   dd_sgd_step: { parameters: [B, B, I, F, F, F, F, I], result: I },
+
+  dd_dist_available: { parameters: [I], result: I },
+  dd_dist_init: { parameters: [I, I, B, I, L, I, I], result: H },
+  dd_dist_destroy: { parameters: [H], result: I },
+  dd_dist_info: { parameters: [H, B], result: I },
+  dd_dist_allreduce: { parameters: [H, B, I, I, L], result: I },
+  dd_dist_allreduce_grads: { parameters: [H, B, I, I, L], result: I },
+  dd_dist_broadcast: { parameters: [H, B, I, I, L], result: I },
+  dd_dist_allgather: { parameters: [H, H], result: H },
+  dd_dist_barrier: { parameters: [H], result: I },
 } as const;
 
 type Raw = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];

@@ -126,3 +126,15 @@ export {
   type GradcheckResult,
 } from "./gradcheck.ts";
 export { autocast, type AutocastOptions, GradScaler, type GradScalerOptions } from "./amp.ts";
+export {
+  DEFAULT_BUCKET_BYTES,
+  DEFAULT_DIST_TIMEOUT_MS,
+  type DistBackend,
+  type DistEnv,
+  distEnv,
+  DistError,
+  type DistInitOptions,
+  initProcessGroup,
+  ProcessGroup,
+  type ReduceOp,
+} from "./dist.ts";

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define DD_ABI_VERSION 4
+#define DD_ABI_VERSION 5
 
 #if defined(_WIN32)
 #define DD_API __declspec(dllexport)
@@ -302,6 +302,46 @@ DD_API int32_t dd_adamw_step(const dd_tensor* params, const dd_tensor* exp_avg,
 DD_API int32_t dd_sgd_step(const dd_tensor* params, dd_tensor* bufs, int32_t n, double lr,
                            double momentum, double dampening, double weight_decay,
                            int32_t nesterov);
+
+/* ---- distributed: c10d (TCPStore rendezvous + Gloo / NCCL process group) ------------ */
+typedef uint32_t dd_group; /* 0 = none / error */
+enum { DD_GLOO = 0, DD_NCCL = 1 };
+/* DD_RED_AVG is computed as SUM then / world (Gloo has no AVG), floating tensors only */
+enum { DD_RED_SUM = 0, DD_RED_AVG = 1, DD_RED_PRODUCT = 2, DD_RED_MIN = 3, DD_RED_MAX = 4 };
+
+/* 1 when the backend (DD_GLOO / DD_NCCL) was compiled in, 0 when not */
+DD_API int32_t dd_dist_available(int32_t backend);
+/* Rendezvous at master_addr:port (rank 0 hosts the TCPStore and waits until all world ranks
+ * connected), checks that the ranks are distinct and agree on world, then builds the group.
+ * timeout_ms bounds the rendezvous and every later collective (a dead or stuck peer becomes
+ * an error). device_index: this rank's CUDA device (NCCL; ignored by Gloo). Gloo binds the
+ * interfaces named in GLOO_SOCKET_IFNAME when set, loopback when master_addr is loopback, else
+ * the address of this host's name. Without the backend compiled in: an error saying how to
+ * rebuild. */
+DD_API dd_group dd_dist_init(int32_t rank, int32_t world, const char* master_addr,
+                             int32_t port, int64_t timeout_ms, int32_t backend,
+                             int32_t device_index);
+/* releases the group (NCCL: shutdown first) and its store; works on a broken group */
+DD_API int32_t dd_dist_destroy(dd_group g);
+/* out[0..3] = rank, world, backend, broken (1 after a failed collective) */
+DD_API int32_t dd_dist_info(dd_group g, int32_t* out);
+/* In place over all ranks. The n tensors are packed into contiguous flat buckets of at most
+ * bucket_bytes (<= 0: 25 MiB), grouped by dtype and device in the given order, one collective
+ * per bucket; a single contiguous tensor is reduced directly. After any failure the group is
+ * broken: every later call fails at once with the first error. */
+DD_API int32_t dd_dist_allreduce(dd_group g, const dd_tensor* ts, int32_t n, int32_t op,
+                                 int64_t bucket_bytes);
+/* The gradients of params summed (average 0) or averaged over ranks, bucketed as above. A
+ * parameter without gradient on this rank contributes zeros; it ends with a gradient iff some
+ * rank had one (one small MAX all_reduce of per-parameter flags first). */
+DD_API int32_t dd_dist_allreduce_grads(dd_group g, const dd_tensor* params, int32_t n,
+                                       int32_t average, int64_t bucket_bytes);
+/* root's values to every rank, in place (bucketed as above; parameters: without autograd) */
+DD_API int32_t dd_dist_broadcast(dd_group g, const dd_tensor* ts, int32_t n, int32_t root,
+                                 int64_t bucket_bytes);
+/* a new tensor [world, ...t.shape] holding every rank's t, in rank order */
+DD_API dd_tensor dd_dist_allgather(dd_group g, dd_tensor t);
+DD_API int32_t dd_dist_barrier(dd_group g);
 
 #ifdef __cplusplus
 }

@@ -87,6 +87,29 @@ Deno.test("the build fingerprint changes with the sources, the libtorch and the 
     base,
   );
   assert.notEqual(await buildStamp(lt, ["int a;", "int b;"], "g++ 13"), base, "compiler change");
+  // the Gloo headers (found or not, and where) and a libtorch without c10d change the build
+  assert.notEqual(
+    await buildStamp(
+      { ...lt, gloo: "/usr/include", glooIncludes: [] },
+      ["int a;", "int b;"],
+      "g++ 12",
+    ),
+    base,
+    "Gloo headers found",
+  );
+  assert.notEqual(
+    await buildStamp({ ...lt, gloo: "c", glooIncludes: ["/c/gloo/usr/include"] }, [
+      "int a;",
+      "int b;",
+    ], "g++ 12"),
+    await buildStamp({ ...lt, gloo: "c", glooIncludes: [] }, ["int a;", "int b;"], "g++ 12"),
+    "Gloo include directory",
+  );
+  assert.notEqual(
+    await buildStamp({ ...lt, distributed: false }, ["int a;", "int b;"], "g++ 12"),
+    base,
+    "libtorch without c10d",
+  );
   // where the libtorch was found does not matter, only what it is
   assert.equal(
     await buildStamp({ ...lt, source: "elsewhere" }, ["int a;", "int b;"], "g++ 12"),
