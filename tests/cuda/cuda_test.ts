@@ -7,8 +7,9 @@
  * grid_sample and interpolate, autograd gradients, AdamW / EMA / per-parameter clipping, the
  * fused attention kernel against the explicit softmax, the ViT forward (fp32 and bf16 autocast)
  * and its split (fused) path against the explicit-mask path, reference-token invariance, the
- * allocator's statistics, pinned asynchronous copies, and a few trainer iterations in bf16 and
- * fp16 whose teacher loads on the CPU.
+ * allocator's statistics, pinned asynchronous copies, a few trainer iterations in bf16 and
+ * fp16 whose teacher loads on the CPU, and NCCL collectives in a group of one (the only case a
+ * single-GPU machine has) against their closed forms.
  *
  * Tolerances: cuBLAS / cuDNN and the CPU sum in other orders, and cuDNN convolutions use TF32 by
  * default on Ampere and later (10-bit mantissa), so fp32 results agree to ~1e-3 relative after a
@@ -25,18 +26,21 @@ import {
   gelu,
   Generator,
   gridSample,
+  initProcessGroup,
   interpolate,
   keep,
   layerNorm,
   liveTensors,
   loadModule,
   noGrad,
+  ProcessGroup,
   rand,
   randn,
   savePng,
   scaledDotProductAttention,
   scope,
   type Tensor,
+  tensor,
   type TrainConfig,
   Trainer,
   type TrainerHooks,
@@ -323,6 +327,47 @@ Deno.test({
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "cuda: NCCL in a group of one (all_reduce, bucketed gradient average, broadcast, all_gather)",
+  ignore,
+  fn() {
+    assert.ok(
+      ProcessGroup.available("nccl"),
+      "this CUDA build has no NCCL (nccl.h was not found when the shim was built)",
+    );
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    const pg = initProcessGroup({
+      rank: 0,
+      worldSize: 1,
+      masterPort: port,
+      device: "cuda",
+      timeoutMs: 60_000,
+    });
+    try {
+      assert.equal(pg.backend, "nccl");
+      scope(() => {
+        const t = tensor([1, 2, 3], { dtype: "float32" }).to("cuda");
+        pg.allReduce(t, "sum");
+        pg.allReduce(t, "avg");
+        assert.deepEqual(Array.from(t.toTypedArray() as Float32Array), [1, 2, 3]);
+        const p = randn([5, 4]).to("cuda").requiresGrad_();
+        p.mul(p).sum().backward(); // grad = 2p
+        pg.allReduceGrads([p]);
+        close(p.grad!, p.detach().mul(2), 1e-6, "averaged gradient of one rank");
+        pg.broadcast([t], 0);
+        const g = pg.allGather(t);
+        assert.deepEqual(g.shape, [1, 3]);
+        pg.barrier();
+      });
+    } finally {
+      pg.destroy();
     }
   },
 });
