@@ -306,6 +306,11 @@ dd_group dd_dist_init(int32_t rank, int32_t world, const char* master_addr, int3
       so.numWorkers = static_cast<size_t>(world);
       so.waitWorkers = true;  // rank 0 returns once every rank connected (or throws on timeout)
       so.timeout = timeout;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+      // the classic socket server, not the libuv one that 2.4+ picks by default: inside a Deno
+      // process the libuv server crashed (SIGSEGV in uv_listen, libtorch 2.11, measured)
+      so.useLibUV = false;
+#endif
       rec->store = c10::make_intrusive<c10d::TCPStore>(addr, so);
       // sanity checks through the store: distinct ranks, one world size
       if (rec->store->add("dd/rank/" + std::to_string(rank), 1) != 1)
