@@ -31,7 +31,6 @@ import {
   DatasetError,
   type Device,
   FASHION_MNIST_DIR,
-  FASHION_SCENES_VERSION,
   FashionMNIST,
   FashionScenes,
   getNumThreads,
@@ -352,13 +351,9 @@ async function openData(cfg: Config, modelImgSize: number): Promise<{
   let crop: number, resize: number;
   if (cfg.data === "fashion-scenes") {
     const common = { seed: cfg.sceneSeed, size: cfg.sceneSize, quiet: cfg.quiet };
-    train = await FashionScenes.open({ ...common, split: "train", count: cfg.scenes });
-    val = await FashionScenes.open({ ...common, split: "val", count: cfg.valScenes });
-    const id = (split: string, n: number) =>
-      `fashion-scenes/v${FASHION_SCENES_VERSION}:${split}:count=${n}:seed=${cfg.sceneSeed}:` +
-      `size=${cfg.sceneSize}`;
-    trainId = id("train", cfg.scenes);
-    valId = id("val", cfg.valScenes);
+    const scenesTrain = await FashionScenes.open({ ...common, split: "train", count: cfg.scenes });
+    const scenesVal = await FashionScenes.open({ ...common, split: "val", count: cfg.valScenes });
+    [train, val, trainId, valId] = [scenesTrain, scenesVal, scenesTrain.id, scenesVal.id];
     crop = cfg.crop ?? modelImgSize;
     resize = cfg.resize ?? crop;
     describe = `fashion-scenes (${cfg.sceneSize} px, seed ${cfg.sceneSeed})`;

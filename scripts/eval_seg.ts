@@ -31,7 +31,6 @@ import {
   DatasetError,
   type Device,
   FASHION_SCENES_MASK_CLASSES,
-  FASHION_SCENES_VERSION,
   FashionScenes,
   getNumThreads,
   ImageError,
@@ -406,16 +405,10 @@ async function openData(cfg: Config): Promise<Data> {
     const common = { seed: cfg.sceneSeed, size: cfg.sceneSize, quiet: cfg.quiet };
     const train = await FashionScenes.open({ ...common, split: "train", count: cfg.scenes });
     const val = await FashionScenes.open({ ...common, split: "val", count: cfg.valScenes });
-    const id = (split: string, n: number, limit: number | undefined) =>
-      `fashion-scenes/v${FASHION_SCENES_VERSION}:${split}:count=${n}:seed=${cfg.sceneSeed}:` +
-      `size=${cfg.sceneSize}:${lim(limit)}`;
     return {
       train,
       val,
-      ids: {
-        train: id("train", cfg.scenes, cfg.limitTrain),
-        val: id("val", cfg.valScenes, cfg.limitVal),
-      },
+      ids: { train: `${train.id}:${lim(cfg.limitTrain)}`, val: `${val.id}:${lim(cfg.limitVal)}` },
       classes: FASHION_SCENES_MASK_CLASSES,
       describe:
         `fashion-scenes (${cfg.sceneSize} px, seed ${cfg.sceneSeed}; ${cfg.scenes} train, ` +

@@ -777,6 +777,15 @@ export class FashionScenes implements Dataset {
   readonly fromCache: boolean;
   /** the ten Fashion-MNIST class names (the image labels) */
   readonly classes: readonly string[] = FASHION_MNIST_CLASSES;
+  /**
+   * A string naming exactly this set: the format version and every option (split, count, seed,
+   * size, items, sizes, background, contrast, …). Caches of anything computed from the set (e.g.
+   * the evaluations' feature caches) are keyed by it, so sets that differ in any option never
+   * share an entry.
+   */
+  get id(): string {
+    return `fashion-scenes/v${FASHION_SCENES_VERSION}:${JSON.stringify(this.options)}`;
+  }
   readonly #a: SceneArrays;
   readonly #mnistDir: string;
 

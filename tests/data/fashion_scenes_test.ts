@@ -231,6 +231,11 @@ leakCheck(
       assert.equal(c.fromCache, false);
       assert.notEqual(c.cachePath, a.cachePath);
       assert.notDeepEqual(c.arrays.images, a.arrays.images);
+      // the id that feature caches are keyed by: equal for the same options, distinct for
+      // another (an option the file name does not show, here the background)
+      assert.equal(b.id, a.id);
+      assert.notEqual(c.id, a.id);
+      assert.match(a.id, /^fashion-scenes\/v\d+:\{.*"count":32/);
       // a truncated cache file is regenerated (and rewritten) rather than trusted
       const bytes = await Deno.readFile(a.cachePath!);
       await Deno.writeFile(a.cachePath!, bytes.subarray(0, bytes.length - 10));
