@@ -46,6 +46,7 @@ import {
   type TrainerHooks,
   type VisionTransformer,
 } from "../../mod.ts";
+import { freePort } from "../_process.ts";
 
 const ON_GPU = cuda.isAvailable();
 const ignore = !ON_GPU;
@@ -340,13 +341,10 @@ Deno.test({
       ProcessGroup.available("nccl"),
       "this CUDA build has no NCCL (nccl.h was not found when the shim was built)",
     );
-    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (l.addr as Deno.NetAddr).port;
-    l.close();
     const pg = initProcessGroup({
       rank: 0,
       worldSize: 1,
-      masterPort: port,
+      masterPort: freePort(),
       device: "cuda",
       timeoutMs: 60_000,
     });

@@ -16,6 +16,7 @@
 import assert from "node:assert/strict";
 import { loadSafetensors, scope, type Tensor } from "../../mod.ts";
 import { lastJson, runScript, scriptPath } from "../scripts/_run.ts";
+import { alive, freePort } from "../_process.ts";
 
 const TRAIN = scriptPath("train.ts");
 
@@ -50,22 +51,6 @@ const TINY = [
   "--drop-path-rate",
   "0",
 ];
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-function alive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 interface RankRun {
   child: Deno.ChildProcess;

@@ -7,18 +7,10 @@
 import assert from "node:assert/strict";
 import { parseLaunchArgs } from "../../scripts/launch.ts";
 import { assertUsageError, runScript, scriptPath } from "./_run.ts";
+import { alive } from "../_process.ts";
 
 const LAUNCH = scriptPath("launch.ts");
 const PROBE = new URL("./_launch_probe.ts", import.meta.url).pathname;
-
-function alive(pid: number): boolean {
-  try {
-    // a zombie is as good as gone (its parent has not reaped it yet)
-    return !/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
-  } catch {
-    return false;
-  }
-}
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "dd-launch-" });

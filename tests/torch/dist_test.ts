@@ -5,25 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { distEnv, DistError, initProcessGroup, ProcessGroup, tensor } from "../../lib/torch/mod.ts";
+import { alive, freePort } from "../_process.ts";
 
 const WORKER = new URL("./_dist_worker.ts", import.meta.url).pathname;
-
-/** A port that was free a moment ago. */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-function alive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 interface Rank {
   child: Deno.ChildProcess;
