@@ -226,6 +226,30 @@ void check_dense(const at::Tensor& t, const char* what, int32_t i) {
                                 " is not dense (strided)");
 }
 
+// The tensors of a handle list, detached, each checked to be dense.
+std::vector<at::Tensor> dense_list(const dd_tensor* ts, int32_t n, const char* what) {
+  check_list(ts, n);
+  std::vector<at::Tensor> list;
+  for (int32_t i = 0; i < n; i++) {
+    auto t = get(ts[i]).detach();
+    check_dense(t, what, i);
+    list.push_back(t);
+  }
+  return list;
+}
+
+// Runs an in-place collective `run(flat)` over the tensors of `list`: on the tensor itself when
+// it is one contiguous tensor, else through flat buckets, `dst(i, view)` taking each result.
+template <typename Dst, typename Run>
+void in_place(Group& g, std::vector<at::Tensor>& list, int64_t bucket_bytes, Dst&& dst,
+              Run&& run) {
+  if (list.size() == 1 && list[0].is_contiguous()) {
+    run(list[0]);
+    return;
+  }
+  bucketed(g, list, bucket_bytes, [&](size_t i) { return list[i]; }, dst, run);
+}
+
 #endif  // DD_NO_DIST
 
 }  // namespace
@@ -434,23 +458,15 @@ int32_t dd_dist_allreduce(dd_group g, const dd_tensor* ts, int32_t n, int32_t op
     check_list(ts, n);
     reduce_op(op);  // validates op before any collective
     c10::NoGradGuard no_grad;
-    std::vector<at::Tensor> list;
-    for (int32_t i = 0; i < n; i++) {
-      auto t = get(ts[i]).detach();
-      check_dense(t, "all_reduce", i);
-      if (op == DD_RED_AVG && !at::isFloatingType(t.scalar_type()))
+    auto list = dense_list(ts, n, "all_reduce");
+    for (size_t i = 0; i < list.size(); i++) {
+      if (op == DD_RED_AVG && !at::isFloatingType(list[i].scalar_type()))
         throw std::invalid_argument("all_reduce avg: tensor " + std::to_string(i) + " is " +
-                                    c10::toString(t.scalar_type()) +
+                                    c10::toString(list[i].scalar_type()) +
                                     ", not a floating-point tensor (use sum)");
-      list.push_back(t);
     }
-    if (n == 1 && list[0].is_contiguous()) {
-      allreduce_flat(*rec, list[0], op, "all_reduce");
-      return 0;
-    }
-    bucketed(
-        *rec, list, bucket_bytes, [&](size_t i) { return list[i]; },
-        [&](size_t i, const at::Tensor& v) { list[i].copy_(v); },
+    in_place(
+        *rec, list, bucket_bytes, [&](size_t i, const at::Tensor& v) { list[i].copy_(v); },
         [&](at::Tensor& flat) { allreduce_flat(*rec, flat, op, "all_reduce"); });
     return 0;
 #endif
@@ -516,28 +532,18 @@ int32_t dd_dist_broadcast(dd_group g, const dd_tensor* ts, int32_t n, int32_t ro
       throw std::invalid_argument("broadcast root " + std::to_string(root) + " is outside 0.." +
                                   std::to_string(rec->world - 1));
     c10::NoGradGuard no_grad;
-    std::vector<at::Tensor> list;
-    for (int32_t i = 0; i < n; i++) {
-      auto t = get(ts[i]).detach();
-      check_dense(t, "broadcast", i);
-      list.push_back(t);
-    }
+    auto list = dense_list(ts, n, "broadcast");
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    auto run = [&](at::Tensor& flat) {
-      std::vector<at::Tensor> v{flat};
-      collective(*rec, "broadcast", [&] { return rec->pg->broadcast(v, o); });
-    };
-    if (n == 1 && list[0].is_contiguous()) {
-      run(list[0]);
-      return 0;
-    }
-    bucketed(
-        *rec, list, bucket_bytes, [&](size_t i) { return list[i]; },
+    in_place(
+        *rec, list, bucket_bytes,
         [&](size_t i, const at::Tensor& v) {
           if (rec->rank != root) list[i].copy_(v);
         },
-        run);
+        [&](at::Tensor& flat) {
+          std::vector<at::Tensor> v{flat};
+          collective(*rec, "broadcast", [&] { return rec->pg->broadcast(v, o); });
+        });
     return 0;
 #endif
   })
