@@ -1,6 +1,6 @@
 /**
  * Helpers of the tests that start processes (distributed training, the launcher): a free TCP
- * port, and whether a process is still running.
+ * port, whether a process is still running, and a Deno child whose output is collected.
  *
  * @module
  */
@@ -20,4 +20,28 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A started Deno child and its outcome (exit code, decoded output, seconds since the start). */
+export interface DenoChild {
+  child: Deno.ChildProcess;
+  done: Promise<{ code: number; stdout: string; stderr: string; seconds: number }>;
+}
+
+/** Starts `deno run -A script …args` with `env` added (and NO_COLOR), collecting its output. */
+export function spawnDeno(script: string, args: string[], env: Record<string, string>): DenoChild {
+  const t0 = performance.now();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    env: { ...env, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const done = child.output().then((o) => ({
+    code: o.code,
+    stdout: new TextDecoder().decode(o.stdout),
+    stderr: new TextDecoder().decode(o.stderr),
+    seconds: (performance.now() - t0) / 1e3,
+  }));
+  return { child, done };
 }

@@ -16,7 +16,7 @@
 import assert from "node:assert/strict";
 import { loadSafetensors, scope, type Tensor } from "../../mod.ts";
 import { lastJson, runScript, scriptPath } from "../scripts/_run.ts";
-import { alive, freePort } from "../_process.ts";
+import { alive, type DenoChild, freePort, spawnDeno } from "../_process.ts";
 
 const TRAIN = scriptPath("train.ts");
 
@@ -52,39 +52,19 @@ const TINY = [
   "0",
 ];
 
-interface RankRun {
-  child: Deno.ChildProcess;
-  done: Promise<{ code: number; stdout: string; stderr: string; seconds: number }>;
-}
-
 /** Starts `world` ranks of train.ts directly (no launcher), as launch.ts would set them up. */
-function startRanks(world: number, args: string[], env: Record<string, string>): RankRun[] {
+function startRanks(world: number, args: string[], env: Record<string, string>): DenoChild[] {
   const port = String(freePort());
-  return Array.from({ length: world }, (_, rank) => {
-    const t0 = performance.now();
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", TRAIN, ...args],
-      env: {
-        ...env,
-        NO_COLOR: "1",
-        RANK: String(rank),
-        WORLD_SIZE: String(world),
-        LOCAL_RANK: String(rank),
-        LOCAL_WORLD_SIZE: String(world),
-        MASTER_ADDR: "127.0.0.1",
-        MASTER_PORT: port,
-      },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const done = child.output().then((o) => ({
-      code: o.code,
-      stdout: new TextDecoder().decode(o.stdout),
-      stderr: new TextDecoder().decode(o.stderr),
-      seconds: (performance.now() - t0) / 1e3,
+  return Array.from({ length: world }, (_, rank) =>
+    spawnDeno(TRAIN, args, {
+      ...env,
+      RANK: String(rank),
+      WORLD_SIZE: String(world),
+      LOCAL_RANK: String(rank),
+      LOCAL_WORLD_SIZE: String(world),
+      MASTER_ADDR: "127.0.0.1",
+      MASTER_PORT: port,
     }));
-    return { child, done };
-  });
 }
 
 async function runRanks(world: number, args: string[], env: Record<string, string>) {

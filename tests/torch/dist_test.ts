@@ -5,37 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { distEnv, DistError, initProcessGroup, ProcessGroup, tensor } from "../../lib/torch/mod.ts";
-import { alive, freePort } from "../_process.ts";
+import { alive, freePort, spawnDeno } from "../_process.ts";
 
 const WORKER = new URL("./_dist_worker.ts", import.meta.url).pathname;
 
-interface Rank {
-  child: Deno.ChildProcess;
-  done: Promise<{ code: number; stdout: string; stderr: string; seconds: number }>;
-}
-
 function startRank(rank: number, world: number, port: number, mode: string, timeoutMs: number) {
-  const t0 = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", WORKER, mode],
-    env: {
-      RANK: String(rank),
-      WORLD_SIZE: String(world),
-      MASTER_ADDR: "127.0.0.1",
-      MASTER_PORT: String(port),
-      DENSEDINO_DIST_TIMEOUT_MS: String(timeoutMs),
-      NO_COLOR: "1",
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const done = child.output().then((o) => ({
-    code: o.code,
-    stdout: new TextDecoder().decode(o.stdout),
-    stderr: new TextDecoder().decode(o.stderr),
-    seconds: (performance.now() - t0) / 1e3,
-  }));
-  return { child, done } as Rank;
+  return spawnDeno(WORKER, [mode], {
+    RANK: String(rank),
+    WORLD_SIZE: String(world),
+    MASTER_ADDR: "127.0.0.1",
+    MASTER_PORT: String(port),
+    DENSEDINO_DIST_TIMEOUT_MS: String(timeoutMs),
+  });
 }
 
 function json(stdout: string): Record<string, unknown> {
