@@ -3,9 +3,10 @@
  * Fashion-MNIST items, with segmentation masks and image labels, generated once with batched
  * tensor ops and cached on disk.
  *
- * A scene is an RGB canvas (default 96×96) over a smooth random coloured background (a base
- * colour plus a low-frequency noise texture: a small random grid upsampled bicubically) holding
- * 1–4 items of distinct classes. The first, salient item is large (default 40–64 px at 96 px),
+ * A scene is an RGB canvas (default 96×96) over a smooth coloured background (a base colour
+ * plus a low-frequency noise texture: a small random grid upsampled bicubically), one of a pool
+ * of 8 shared by all scenes (so that a background does not identify its scene), holding 1–4
+ * items of distinct classes. The first, salient item is large (default 40–64 px at 96 px),
  * the others small (16–32 px); all are placed at random, fully inside the canvas, possibly
  * mirrored, and later items occlude earlier ones. Each item keeps its Fashion-MNIST shading and
  * is tinted a colour whose hue and saturation are drawn independently of its class.
@@ -60,7 +61,7 @@ import {
 import { savePng } from "./image.ts";
 
 /** Version of the generator and of the cache format; bumping it invalidates old caches. */
-export const FASHION_SCENES_VERSION = 1;
+export const FASHION_SCENES_VERSION = 2;
 
 /** A fashion-scenes split: train scenes use Fashion-MNIST train items, val scenes test items. */
 export type FashionScenesSplit = "train" | "val";
@@ -83,6 +84,13 @@ export interface FashionScenesOptions {
   itemSize?: readonly [number, number];
   /** background texture strength in [0, 1]: 0 = flat colour (default 0.5) */
   background?: number;
+  /**
+   * number of distinct backgrounds (base colour + texture) shared by all scenes of the seed,
+   * each scene drawing one at random (default 8); null: every scene draws its own. Scene-own
+   * backgrounds identify a scene in every view of it, a shortcut DINO learns instead of the
+   * items (docs/RESULTS.md); a shared pool keeps backgrounds varied without that cue.
+   */
+  backgrounds?: number | null;
   /** range of the luminance separation between an item and what lies under it (default [0.3, 0.45]) */
   contrast?: readonly [number, number];
   /**
@@ -119,6 +127,8 @@ export interface ResolvedSceneOptions {
   itemSize: [number, number];
   /** background strength */
   background: number;
+  /** size of the shared background pool, or null (one background per scene) */
+  backgrounds: number | null;
   /** luminance separation range */
   contrast: [number, number];
   /** ignore band, or null */
@@ -227,6 +237,12 @@ export function resolveSceneOptions(opts: FashionScenesOptions = {}): ResolvedSc
   if (!Number.isFinite(background) || background < 0 || background > 1) {
     throw new RangeError(`fashion-scenes: background must be in [0, 1], got ${background}`);
   }
+  const backgrounds = opts.backgrounds === undefined ? 8 : opts.backgrounds;
+  if (backgrounds !== null && !(Number.isSafeInteger(backgrounds) && backgrounds >= 1)) {
+    throw new RangeError(
+      `fashion-scenes: backgrounds must be an integer ≥ 1 or null, got ${backgrounds}`,
+    );
+  }
   const contrast = checkRange("contrast", opts.contrast, [0.3, 0.45], 0, 0.5);
   let ignoreBand: [number, number] | null = null;
   if (opts.ignoreBand !== undefined && opts.ignoreBand !== null) {
@@ -246,6 +262,7 @@ export function resolveSceneOptions(opts: FashionScenesOptions = {}): ResolvedSc
     salientSize,
     itemSize,
     background,
+    backgrounds,
     contrast,
     ignoreBand,
   };
@@ -344,9 +361,16 @@ function drawScene(o: ResolvedSceneOptions, byClass: Int32Array[], i: number): S
     const delta = rng.uniform(o.contrast[0], o.contrast[1]);
     items.push({ label, source, size, cx, cy, flip, hue, sat, delta });
   }
-  const base = hsv(rng.next(), rng.uniform(0.15, 0.7), rng.uniform(0.15, 0.85));
+  // the background: the scene's own draws, or one of the seed's shared pool (split-independent)
+  const bg = o.backgrounds === null ? rng : new Rng(
+    o.seed % 4294967296,
+    Math.floor(o.seed / 4294967296),
+    3,
+    Math.floor(rng.next() * o.backgrounds),
+  );
+  const base = hsv(bg.next(), bg.uniform(0.15, 0.7), bg.uniform(0.15, 0.85));
   const noise = new Float32Array(3 * NOISE_GRID * NOISE_GRID);
-  for (let k = 0; k < noise.length; k++) noise[k] = rng.uniform(-1, 1);
+  for (let k = 0; k < noise.length; k++) noise[k] = bg.uniform(-1, 1);
   return { n, items, base, noise };
 }
 

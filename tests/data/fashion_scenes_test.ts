@@ -1,7 +1,8 @@
 /**
  * fashion-scenes: determinism byte for byte, the on-disk cache (hit, invalidation, corruption),
  * masks that agree with the drawn pixels, labels recounted from the masks, item counts and
- * sizes within the options, contrast, the ignore band, option validation and the preview.
+ * sizes within the options, contrast, the ignore band, the background pool, option validation
+ * and the preview.
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -249,6 +250,31 @@ leakCheck(
   },
 );
 
+leakCheck(
+  "backgrounds: a shared pool of N across scenes and splits, or one per scene",
+  async () => {
+    // distinct background textures among the first 32 scenes of each split, keyed by their bytes
+    const kinds = async (o: FashionScenesOptions): Promise<Set<string>> => {
+      const ds = await FashionScenes.open({ ...o, count: 32 });
+      const out = new Set<string>();
+      for (let i = 0; i < 32; i++) {
+        const t = await ds.background(i);
+        out.add(Buffer.from(t.toBytes()).toString("base64"));
+        t.free();
+      }
+      return out;
+    };
+    const train = await kinds({ ...base, backgrounds: 3 });
+    const val = await kinds({ ...base, backgrounds: 3, split: "val" });
+    assert.equal(train.size, 3, "32 scenes draw all of a pool of 3, and nothing else");
+    assert.deepEqual(val, train, "train and val scenes share the pool");
+    const other = await kinds({ ...base, backgrounds: 3, seed: 8 });
+    assert.equal([...other].filter((k) => train.has(k)).length, 0, "another seed, another pool");
+    assert.equal((await kinds({ ...base, backgrounds: null })).size, 32, "null: one per scene");
+    assert.equal(resolveSceneOptions({}).backgrounds, 8, "default pool of 8");
+  },
+);
+
 Deno.test("bad options: a RangeError naming the option", () => {
   const bad: [FashionScenesOptions, RegExp][] = [
     [{ items: [0, 4] }, /items/],
@@ -257,6 +283,8 @@ Deno.test("bad options: a RangeError naming the option", () => {
     [{ salientSize: [40, 200] }, /salientSize/],
     [{ itemSize: [1, 8] }, /itemSize/],
     [{ background: 1.5 }, /background/],
+    [{ backgrounds: 0 }, /backgrounds/],
+    [{ backgrounds: 2.5 }, /backgrounds/],
     [{ contrast: [0.3, 0.9] }, /contrast/],
     [{ ignoreBand: [0.6, 0.9] }, /ignoreBand/],
     [{ count: 0 }, /count/],
