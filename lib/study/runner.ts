@@ -23,6 +23,7 @@ import { relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { writeFileAtomic } from "../torch/files.ts";
 import { formatDuration } from "../data/progress.ts";
+import { FASHION_SCENES_VERSION } from "../data/fashion_scenes.ts";
 import {
   camelCase,
   type FlagOverride,
@@ -449,8 +450,13 @@ export interface RunIdentity {
   run: string;
   /** the seed */
   seed: number;
-  /** hash of the resolved flags of every step (volatile flags left out) */
+  /** hash of the resolved flags of every step (volatile flags left out) and of `data` */
   hash: string;
+  /**
+   * the embedded data set's generator (`fashion-scenes/vN`) when a step reads it (no `--data`,
+   * or `--data fashion-scenes`), else null: a new generator version makes old runs foreign
+   */
+  data: string | null;
   /** the training arguments (without --out), null for evalOnly */
   train: string[] | null;
   /** each evaluation's arguments (without --weights) */
@@ -502,7 +508,12 @@ export function runIdentity(study: Study, run: ResolvedRun, seed: number): RunId
   for (const [e, f] of Object.entries(run.evals)) {
     evals[e] = run.evalOnly ? [...sub(toArgs(f)), "--seed", String(seed)] : sub(toArgs(f));
   }
+  const embedded = [run.train, ...Object.values(run.evals)].some((f) =>
+    f !== null && f !== undefined && (f.data === undefined || f.data === "fashion-scenes")
+  );
+  const data = embedded ? `fashion-scenes/v${FASHION_SCENES_VERSION}` : null;
   const canon = {
+    ...(data === null ? {} : { data }),
     train: run.train ? sortedArgs(run.train, VOLATILE_FLAGS.train) : null,
     evals: Object.fromEntries(
       Object.keys(run.evals).sort().map((e) => [e, sortedArgs(run.evals[e], VOLATILE_FLAGS.eval)]),
@@ -516,6 +527,7 @@ export function runIdentity(study: Study, run: ResolvedRun, seed: number): RunId
     run: run.name,
     seed,
     hash,
+    data,
     train,
     evals,
   };
@@ -672,6 +684,15 @@ export async function checkRunDirs(study: Study, units: UnitPlan[]): Promise<num
       );
     }
     const now = u.identity;
+    const savedData = saved.data === undefined ? "fashion-scenes/v1" : saved.data;
+    if (saved.study === now.study && now.data !== null && savedData !== now.data) {
+      throw new StudyError(
+        `${d} was trained and evaluated on the embedded data set ${savedData}, and the data ` +
+          `set has changed since (now ${now.data}): its results do not belong to this study. ` +
+          `Delete it (rm -r ${shellQuote(d)}) to redo the run, or write this study elsewhere ` +
+          `(--out DIR)`,
+      );
+    }
     if (saved.study !== now.study || saved.version !== now.version || saved.hash !== now.hash) {
       const what = saved.study !== now.study
         ? `the study "${saved.study}"`

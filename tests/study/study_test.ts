@@ -29,6 +29,7 @@ import {
   tableRows,
   toArgs,
 } from "../../lib/study/study.ts";
+import { FASHION_SCENES_VERSION } from "../../lib/data/fashion_scenes.ts";
 
 // ---- fakes --------------------------------------------------------------------------------
 
@@ -505,6 +506,9 @@ Deno.test("run identity: a hash of the resolved flags, volatile flags left out",
     assert.notEqual(await hash(baseStudy(), ["train.epochs=2"]), h);
     assert.notEqual(await hash(baseStudy(), ["evals.knn.k=2"]), h);
     assert.notEqual(await hash(baseStudy({ seeds: [1] })), h);
+    // the embedded data set's generator is part of the identity (no --data: fashion-scenes)
+    const s = await loadStudy(await writeStudy(dir, baseStudy()), { scripts });
+    assert.equal(planStudy(s)[0].identity.data, `fashion-scenes/v${FASHION_SCENES_VERSION}`);
   });
 });
 
@@ -613,6 +617,19 @@ Deno.test("runStudy: resume with --resume, failures, reports, jobs, abort", asyn
         `${out}/a/seed0 was made by version 1 of "t" with other flags`,
         "train --epochs: was --epochs 1, now --epochs 3",
       );
+      // a run made on an older generator of the embedded data set (run.json without `data`
+      // predates the field: version 1)
+      const idFile = `${out}/a/seed0/run.json`;
+      const saved = await Deno.readTextFile(idFile);
+      const { data: _, ...old } = JSON.parse(saved);
+      await Deno.writeTextFile(idFile, JSON.stringify(old));
+      await rejectsStudy(
+        runStudy(await load(), quiet),
+        `${out}/a/seed0 was trained and evaluated on the embedded data set fashion-scenes/v1`,
+        `now fashion-scenes/v${FASHION_SCENES_VERSION}`,
+        "rm -r",
+      );
+      await Deno.writeTextFile(idFile, saved);
       await Deno.mkdir(`${dir}/foreign/a/seed0`, { recursive: true });
       await Deno.writeTextFile(`${dir}/foreign/a/seed0/x`, "");
       await rejectsStudy(
