@@ -53,7 +53,10 @@ function scriptPath(name: string): string {
   return u.protocol === "file:" ? fileURLToPath(u) : u.href;
 }
 
-/** The scripts of each step: `train` and one per evaluation name (override them in tests). */
+/**
+ * The scripts of each step: `train` and one per evaluation name (override them in tests). An
+ * evaluation named `NAME_SUFFIX` (e.g. `knn_items`) runs the script of `NAME`.
+ */
 export const DEFAULT_SCRIPTS: Readonly<Record<string, string>> = Object.freeze({
   train: scriptPath("train.ts"),
   knn: scriptPath("eval_knn.ts"),
@@ -273,6 +276,12 @@ export async function loadStudy(path: string, opts: LoadStudyOptions = {}): Prom
   for (const r of spec.runs) {
     for (const e of Object.keys(base.evals ?? {})) if (r.evals?.[e] !== null) evalNames.add(e);
     for (const [e, f] of Object.entries(r.evals ?? {})) if (f !== null) evalNames.add(e);
+  }
+  // a variant `NAME_SUFFIX` of an evaluation runs NAME's script with its own flags, e.g.
+  // "knn_items": {"data": "fashion-mnist"} next to "knn" (its results: eval_knn_items.json)
+  for (const e of [...evalNames, ...Object.keys(base.evals ?? {})]) {
+    const m = /^([a-z]+)_[a-z0-9_]+$/.exec(e);
+    if (!scripts[e] && m && m[1] !== "train" && scripts[m[1]]) scripts[e] = scripts[m[1]];
   }
   const scriptOf = (e: string, where: string) => {
     const s = scripts[e];

@@ -26,6 +26,8 @@ const TINY = [
   "train.threads=1",
   "evals.knn.scenes=48",
   "evals.knn.valScenes=24",
+  "evals.knn_items.limitTrain=48",
+  "evals.knn_items.limitVal=24",
   "evals.seg.scenes=24",
   "evals.seg.valScenes=12",
   "evals.seg.epochs=2",
@@ -79,6 +81,7 @@ Deno.test("scripts/demo.ts", async (t) => {
       const lines = r.stdout.trim().split("\n");
       first = JSON.parse(lines[lines.length - 1]);
       const table = lines.slice(0, -1).join("\n");
+      assert.match(table, /items k-NN/);
       for (const row of ["random init", "DINO", "DenseDINO"]) {
         assert.match(table, new RegExp(`\\| ${row} \\|`));
       }
@@ -86,6 +89,7 @@ Deno.test("scripts/demo.ts", async (t) => {
       assert.deepEqual(rows.map((x) => x.run), ["random", "dino", "densedino"]);
       for (const x of rows) {
         assert.ok(x["knn.top1"] >= 0 && x["knn.top1"] <= 100);
+        assert.ok(x["knn_items.top1"] >= 0 && x["knn_items.top1"] <= 100);
         assert.ok(x["seg.miou"] >= 0 && x["seg.miou"] <= 100);
       }
       assert.equal(first.failed, 0);
@@ -111,7 +115,7 @@ Deno.test("scripts/demo.ts", async (t) => {
       const lines = r.stdout.trim().split("\n");
       const again = JSON.parse(lines[lines.length - 1]);
       assert.deepEqual(again.table, first.table);
-      assert.match(r.stderr, /8 done, 0 to run/);
+      assert.match(r.stderr, /11 done, 0 to run/);
       const times = JSON.parse(
         await Deno.readTextFile(`${out}/study/dino/seed0/times.json`),
       );

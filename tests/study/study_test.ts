@@ -413,6 +413,12 @@ Deno.test("loadStudy: flags checked against the scripts before anything runs", a
       'unknown evaluation "knnn"',
       'did you mean "knn"',
     );
+    await rejectsStudy(
+      load(baseStudy({ base: { evals: { knn_items: { kk: 1 } } } })),
+      `${path}: base.evals.knn_items`,
+      "--kk",
+    );
+    await rejectsStudy(load(baseStudy({ base: { evals: { train_x: {} } } })), "train_x");
     // flags the runner sets itself
     await rejectsStudy(
       load(baseStudy({ runs: [{ name: "a", train: { out: "x" } }] })),
@@ -509,6 +515,26 @@ Deno.test("run identity: a hash of the resolved flags, volatile flags left out",
     // the embedded data set's generator is part of the identity (no --data: fashion-scenes)
     const s = await loadStudy(await writeStudy(dir, baseStudy()), { scripts });
     assert.equal(planStudy(s)[0].identity.data, `fashion-scenes/v${FASHION_SCENES_VERSION}`);
+  });
+});
+
+Deno.test("an evaluation variant NAME_SUFFIX runs NAME's script with its own flags", async () => {
+  await withDir(async (dir) => {
+    const scripts = await fakes(dir);
+    const spec = baseStudy({
+      base: { train: { epochs: 1 }, evals: { knn: { k: 20 }, knn_items: { k: 200 } } },
+      table: { columns: [{ metric: "knn.top1" }, { metric: "knn_items.top1", label: "items" }] },
+    });
+    const study = await loadStudy(await writeStudy(dir, spec), { scripts, out: `${dir}/out` });
+    assert.equal(study.scripts.knn_items, scripts.knn);
+    const r = await runStudy(study, quiet);
+    assert.equal(r.failed.length, 0);
+    const a = JSON.parse(await Deno.readTextFile(`${dir}/out/a/seed0/eval_knn.json`));
+    const b = JSON.parse(await Deno.readTextFile(`${dir}/out/a/seed0/eval_knn_items.json`));
+    assert.equal(a.top1, 50.2);
+    assert.equal(b.top1, 52);
+    assert.equal(r.table[0].metrics["knn_items.top1"].mean, 52);
+    assert.match(await Deno.readTextFile(r.report), /\| items/);
   });
 });
 
