@@ -743,7 +743,8 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     if (p === "help") throw new Error("help");
     return resolveTrainConfig(p) as unknown as Record<string, unknown>;
   };
-  for (const [name, runs] of [["table2", 9], ["table3", 4], ["fig5", 6]] as const) {
+  const studies = [["main", 3], ["table2", 9], ["table3", 4], ["fig5", 6]] as const;
+  for (const [name, runs] of studies) {
     const s = await loadStudy(`${root}studies/${name}.json`, { resolveTrain });
     assert.equal(s.runs.length, runs, name);
     assert.equal(s.out, `runs/studies/${name}`);
@@ -752,7 +753,10 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     const trained = s.runs.find((r) => !r.evalOnly)!;
     assert.equal(rnd.evals.knn.arch, trained.config!.arch);
     assert.equal(rnd.evals.knn["img-size"], trained.config!.imgSize);
-    assert.deepEqual(Object.keys(trained.evals).sort(), ["knn", "seg"]);
+    assert.deepEqual(Object.keys(trained.evals).sort(), ["knn", "knn_items", "seg"]);
+    // the object-centric k-NN: Fashion-MNIST items, random init at the trained input size
+    assert.equal(trained.evals.knn_items.data, "fashion-mnist");
+    assert.equal(rnd.evals.knn_items["img-size"], trained.config!.imgSize);
   }
   const fig5 = await loadStudy(`${root}studies/fig5.json`, { resolveTrain });
   assert.deepEqual(
