@@ -7,6 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { spawnDeno } from "../_process.ts";
 
 /** What a script run left: its exit code and everything it printed. */
 export interface ScriptRun {
@@ -32,14 +33,8 @@ export async function runScript(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<ScriptRun> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  const { code, stdout, stderr } = await spawnDeno(script, args, env).done;
+  return { code, stdout, stderr };
 }
 
 /** The last line of a script's stdout, parsed as the JSON object it must be. */

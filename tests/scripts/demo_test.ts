@@ -5,8 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { decodePng } from "../../lib/data/png.ts";
+import { runScript, scriptPath, type ScriptRun } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/demo.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("demo.ts");
 
 const TINY = [
   "train.arch=vit_micro",
@@ -33,15 +34,8 @@ const TINY = [
   "evals.seg.epochs=2",
 ].flatMap((s) => ["--set", s]);
 
-async function demo(args: string[], cache: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function demo(args: string[], cache: string): Promise<ScriptRun> {
+  return runScript(SCRIPT, args, { DENSEDINO_CACHE: cache });
 }
 
 Deno.test("scripts/demo.ts", async (t) => {
