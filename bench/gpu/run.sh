@@ -17,10 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT/summary.txt"
 
 step "deno"
-if ! command -v deno >/dev/null; then
-  xz -dc .carry/deno.xz > /tmp/deno && chmod +x /tmp/deno && export PATH="/tmp:$PATH"
-fi
-export DENO_DIR="$PWD/.carry/deno_dir" DENO_NO_UPDATE_CHECK=1
+source bench/gpu/env.sh
 deno --version | head -1 | tee -a "$OUT/summary.txt"
 
 step "setup (build against the CUDA PyTorch)"

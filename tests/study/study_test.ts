@@ -743,7 +743,7 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     if (p === "help") throw new Error("help");
     return resolveTrainConfig(p) as unknown as Record<string, unknown>;
   };
-  const studies = [["main", 3], ["table2", 9], ["table3", 4], ["fig5", 6]] as const;
+  const studies = [["main", 4], ["table2", 9], ["table3", 4], ["fig5", 6]] as const;
   for (const [name, runs] of studies) {
     const s = await loadStudy(`${root}studies/${name}.json`, { resolveTrain });
     assert.equal(s.runs.length, runs, name);
@@ -771,4 +771,12 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     [0, [0.05, 0.4], 48],
   );
   assert.equal(t2.runs.find((r) => r.name === "dino-6g")!.config!.method, "dino");
+  // main: the class-loss-on-all-views row differs from DenseDINO's in that flag alone
+  const main = await loadStudy(`${root}studies/main.json`, { resolveTrain });
+  const cfg = (n: string) => main.runs.find((r) => r.name === n)!.config!;
+  assert.deepEqual([cfg("densedino").allCropsCls, cfg("densedino_allcls").allCropsCls], [
+    false,
+    true,
+  ]);
+  assert.deepEqual({ ...cfg("densedino_allcls"), allCropsCls: false }, cfg("densedino"));
 });
