@@ -11,11 +11,12 @@
 # Prepare with `bash bench/gpu/prepare.sh --data` on a machine with network (see README.md here).
 # Usage (from the repository root):
 #   [DEADLINE=S] [JOBS=N] [WORKERS=N] [THREADS=N] [PRECISION=fp32|bf16] [DEVICE=cuda|cpu] \
-#   [EVAL_DEVICE=cpu|cuda] [EVAL_THREADS=N] [EXTRA="PATH=VALUE ..."] \
+#   [EVAL_DEVICE=cpu|cuda] [EVAL_THREADS=N] [ONLY=RUN,...] [SEEDS=K,...] [EXTRA="PATH=VALUE ..."] \
 #   bash bench/gpu/studies.sh STUDY[:EPOCHS] ...
 # e.g. `DEADLINE=540 bash bench/gpu/studies.sh main:16 table3 fig5 table2`: the main comparison at
 # 16 epochs, the three studies at their preset's budget. EXTRA adds `--set` overrides to every
-# study (the local dry run of this script uses it to shrink everything). Training runs on DEVICE
+# study (the local dry run of this script uses it to shrink everything); ONLY and SEEDS pass
+# --only / --seeds to every study. Training runs on DEVICE
 # (cuda) in fp32 by default, the same numerics as the CPU runs; the evaluations run on EVAL_DEVICE
 # (cpu by default: the protocol of the CPU runs, on the machine's many cores).
 set -uo pipefail
@@ -58,6 +59,8 @@ for spec in "$@"; do
     sets+=(--set "evals.$e.device=$EVAL_DEVICE" --set "evals.$e.threads=$EVAL_THREADS")
   done
   for x in ${EXTRA:-}; do sets+=(--set "$x"); done
+  [ -n "${ONLY:-}" ] && sets+=(--only "$ONLY")
+  [ -n "${SEEDS:-}" ] && sets+=(--seeds "$SEEDS")
   t=$(left)
   if [ "$t" -lt 30 ]; then
     step "$spec: not started ($t s left before the deadline)"
