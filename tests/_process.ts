@@ -28,15 +28,30 @@ export interface DenoChild {
   done: Promise<{ code: number; stdout: string; stderr: string; seconds: number }>;
 }
 
-/** Starts `deno run -A script …args` with `env` added (and NO_COLOR), collecting its output. */
-export function spawnDeno(script: string, args: string[], env: Record<string, string>): DenoChild {
-  const t0 = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
+/**
+ * The command `deno run -A script …args` with this process's environment plus `env` and
+ * `NO_COLOR=1`, stdin closed, stderr piped and stdout piped (or discarded with `stdout: "null"`,
+ * for children killed mid-run whose output nobody reads).
+ */
+export function denoCommand(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+  opts: { stdout?: "piped" | "null" } = {},
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", script, ...args],
     env: { ...env, NO_COLOR: "1" },
-    stdout: "piped",
+    stdin: "null",
+    stdout: opts.stdout ?? "piped",
     stderr: "piped",
-  }).spawn();
+  });
+}
+
+/** Starts {@link denoCommand}`(script, args, env)`, collecting its output. */
+export function spawnDeno(script: string, args: string[], env: Record<string, string>): DenoChild {
+  const t0 = performance.now();
+  const child = denoCommand(script, args, env).spawn();
   const done = child.output().then((o) => ({
     code: o.code,
     stdout: new TextDecoder().decode(o.stdout),

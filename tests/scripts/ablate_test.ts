@@ -7,8 +7,10 @@
  * finishes without redoing the first run; SIGTERM ends the running step and exits 143.
  */
 import assert from "node:assert/strict";
+import { denoCommand } from "../_process.ts";
+import { lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/ablate.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("ablate.ts");
 
 /** train.ts flags of a tiny run: 32 scenes, batch 8, 4 iterations. */
 const TINY = {
@@ -62,32 +64,8 @@ await new Promise((r) => setTimeout(r, 60000));
 console.log("{}");
 `;
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function command(args: string[], cache: string): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
-
-async function run(args: string[], cache: string): Promise<Result> {
-  const out = await command(args, cache).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+const env = (cache: string) => ({ DENSEDINO_CACHE: cache });
+const run = (args: string[], cache: string) => runScript(SCRIPT, args, env(cache));
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
@@ -109,7 +87,7 @@ async function waitFor(
 
 /** A process spawned with its stdout / stderr collected as they come. */
 function spawn(args: string[], cache: string) {
-  const child = command(args, cache).spawn();
+  const child = denoCommand(SCRIPT, args, env(cache)).spawn();
   const text = { stdout: "", stderr: "" };
   const pump = async (s: ReadableStream<Uint8Array>, k: "stdout" | "stderr") => {
     const dec = new TextDecoder();

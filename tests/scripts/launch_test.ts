@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { parseLaunchArgs } from "../../scripts/launch.ts";
 import { assertUsageError, runScript, scriptPath } from "./_run.ts";
-import { alive } from "../_process.ts";
+import { alive, denoCommand } from "../_process.ts";
 
 const LAUNCH = scriptPath("launch.ts");
 const PROBE = new URL("./_launch_probe.ts", import.meta.url).pathname;
@@ -42,12 +42,7 @@ async function gone(ps: number[], withinMs: number): Promise<void> {
 }
 
 function spawnLaunch(args: string[], env: Record<string, string>): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", LAUNCH, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  return denoCommand(LAUNCH, args, env).spawn();
 }
 
 Deno.test("each rank gets torchrun's environment; rank 0's stdout passes unchanged", async () => {

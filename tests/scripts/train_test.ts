@@ -15,8 +15,10 @@ import {
   loadSafetensors,
 } from "../../mod.ts";
 import { parseTrainArgs } from "../../scripts/train.ts";
+import { denoCommand } from "../_process.ts";
+import { lastJson, runScript, scriptPath } from "./_run.ts";
 
-const SCRIPT = new URL("../../scripts/train.ts", import.meta.url).pathname;
+const SCRIPT = scriptPath("train.ts");
 
 /** 32 scenes, batch 8: 4 iterations per epoch. */
 const TINY = [
@@ -48,25 +50,8 @@ const TINY = [
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
 
-function command(args: string[], cache: string, stdout: "piped" | "null" = "piped") {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    env: { NO_COLOR: "1", DENSEDINO_CACHE: cache },
-    stdout,
-    stderr: "piped",
-  });
-}
-
-async function run(args: string[], cache: string) {
-  const out = await command(args, cache).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function lastJson(stdout: string): Record<string, unknown> {
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+const env = (cache: string) => ({ DENSEDINO_CACHE: cache });
+const run = (args: string[], cache: string) => runScript(SCRIPT, args, env(cache));
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
@@ -236,7 +221,14 @@ Deno.test("scripts/train.ts", async (t) => {
         let iteration = 0, killedDuringWrite = 0;
         const rounds = ["during a write", "at a random moment", "during a write"];
         for (const [round, when] of rounds.entries()) {
-          const child = command(round === 0 ? args : [...args, "--resume"], cache, "null").spawn();
+          const child = denoCommand(
+            SCRIPT,
+            round === 0 ? args : [...args, "--resume"],
+            env(cache),
+            {
+              stdout: "null",
+            },
+          ).spawn();
           const stderr = new Response(child.stderr).text();
           // wait for a checkpoint newer than the last one
           const deadline = Date.now() + 60_000;
