@@ -13,12 +13,13 @@
 #   [DEADLINE=S] [JOBS=N] [WORKERS=N] [THREADS=N] [PRECISION=fp32|bf16] [DEVICE=cuda|cpu] \
 #   [EVAL_DEVICE=cpu|cuda] [EVAL_THREADS=N] [ONLY=RUN,...] [SEEDS=K,...] [EXTRA="PATH=VALUE ..."] \
 #   bash bench/gpu/studies.sh STUDY[:EPOCHS] ...
-# e.g. `DEADLINE=540 bash bench/gpu/studies.sh main:16 table3 fig5 table2`: the main comparison at
-# 16 epochs, the three studies at their preset's budget. EXTRA adds `--set` overrides to every
-# study (the local dry run of this script uses it to shrink everything); ONLY and SEEDS pass
-# --only / --seeds to every study. Training runs on DEVICE
-# (cuda) in fp32 by default, the same numerics as the CPU runs; the evaluations run on EVAL_DEVICE
-# (cpu by default: the protocol of the CPU runs, on the machine's many cores).
+# e.g. `DEADLINE=540 bash bench/gpu/studies.sh main:8 table3`: the main comparison at 8 epochs,
+# then Table 3 at its preset's budget, in the time left. EXTRA adds `--set` overrides to every study
+# (the local dry run of this script uses it to shrink everything); ONLY and SEEDS pass --only /
+# --seeds to every study. Training runs on DEVICE (cuda) in fp32 by default, the CPU runs'
+# numerics; the evaluations on EVAL_DEVICE (cpu by default: the CPU runs' protocol, on the
+# machine's many cores). The loader, not the GPU, limits these tiny models: README.md here has the
+# measured rates for planning a deadline.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
