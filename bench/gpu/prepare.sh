@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares what bench/gpu/run.sh needs on a GPU machine without network, in the git-ignored
-# folder .carry/ of the checkout: Deno (xz-compressed) and a Deno cache holding the npm
-# dependency (imagescript) and the compiled modules; with --data also Fashion-MNIST (the four IDX
+# folder .carry/ of the checkout: Deno (xz-compressed) and its cache directory (module analysis
+# only: imagescript, imported lazily for JPEG alone, never lands in it, so the GPU machine decodes
+# no JPEG; nothing run there needs one); with --data also Fashion-MNIST (the four IDX
 # files, xz-compressed: 26 MB) for bench/gpu/studies.sh. Run here (with network, after `deno task
 # setup`, which installs Fashion-MNIST), then pass `carry: [".carry"]` to the device call; the
 # checkout plus .carry/ must stay under the device's 64 MiB limit (about 58 MiB with --data).

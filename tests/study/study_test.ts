@@ -23,6 +23,7 @@ import {
   planStudy,
   type RunResult,
   runStudy,
+  type Study,
   StudyError,
   StudyInterrupted,
   summarize,
@@ -744,8 +745,10 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     return resolveTrainConfig(p) as unknown as Record<string, unknown>;
   };
   const studies = [["main", 4], ["table2", 9], ["table3", 4], ["fig5", 6]] as const;
+  const loaded = new Map<string, Study>();
   for (const [name, runs] of studies) {
     const s = await loadStudy(`${root}studies/${name}.json`, { resolveTrain });
+    loaded.set(name, s);
     assert.equal(s.runs.length, runs, name);
     assert.equal(s.out, `runs/studies/${name}`);
     const rnd = s.runs.find((r) => r.evalOnly)!;
@@ -758,12 +761,12 @@ Deno.test("the shipped studies load against the real scripts", async () => {
     assert.equal(trained.evals.knn_items.data, "fashion-mnist");
     assert.equal(rnd.evals.knn_items["img-size"], trained.config!.imgSize);
   }
-  const fig5 = await loadStudy(`${root}studies/fig5.json`, { resolveTrain });
+  const fig5 = loaded.get("fig5")!;
   assert.deepEqual(
     fig5.runs.filter((r) => !r.evalOnly).map((r) => (r.config!.views as { numRef: number }).numRef),
     [1, 2, 4, 8, 16],
   );
-  const t2 = await loadStudy(`${root}studies/table2.json`, { resolveTrain });
+  const t2 = loaded.get("table2")!;
   const views = (n: string) =>
     t2.runs.find((r) => r.name === n)!.config!.views as Record<string, unknown>;
   assert.deepEqual(
@@ -772,7 +775,7 @@ Deno.test("the shipped studies load against the real scripts", async () => {
   );
   assert.equal(t2.runs.find((r) => r.name === "dino-6g")!.config!.method, "dino");
   // main: the class-loss-on-all-views row differs from DenseDINO's in that flag alone
-  const main = await loadStudy(`${root}studies/main.json`, { resolveTrain });
+  const main = loaded.get("main")!;
   const cfg = (n: string) => main.runs.find((r) => r.name === n)!.config!;
   assert.deepEqual([cfg("densedino").allCropsCls, cfg("densedino_allcls").allCropsCls], [
     false,
