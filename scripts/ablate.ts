@@ -21,20 +21,24 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { resolveTrainConfig } from "../lib/densedino/config.ts";
 import {
+  applyReuse,
   checkRunDirs,
   commandLine,
   DEFAULT_SCRIPTS,
   displayPath,
+  findReuse,
   loadStudy,
   parseOverride,
   parseSeeds,
   planStudy,
+  type ReuseMatch,
   runStudy,
   shellQuote,
   StudyError,
   StudyInterrupted,
   type TrainResolver,
 } from "../lib/study/study.ts";
+import { pathExists } from "../lib/torch/files.ts";
 import { parseTrainArgs } from "./train.ts";
 
 const NAME = "ablate";
@@ -57,6 +61,14 @@ const FLAGS: Record<string, { arg?: string; multiple?: boolean; help: string; de
     multiple: true,
     help: "override a flag of every run: train.FLAG=VALUE or evals.NAME.FLAG=VALUE " +
       "(repeatable; VALUE null removes the flag), e.g. --set train.epochs=2",
+    def: "none",
+  },
+  reuse: {
+    arg: "DIR",
+    multiple: true,
+    help: "another study's output folder: a run not started here takes over a finished run " +
+      "there with the same training configuration and seed (and its evaluations with the " +
+      "same flags) instead of repeating it (repeatable)",
     def: "none",
   },
   script: {
@@ -153,6 +165,11 @@ async function main(args: string[]): Promise<number> {
   const heartbeat = v.heartbeat !== undefined
     ? positiveInt("heartbeat", v.heartbeat as string)
     : 60;
+  // another training script has its own configuration rules
+  const trainResolver =
+    scripts.train === undefined || resolve(scripts.train) === DEFAULT_SCRIPTS.train
+      ? resolveTrain
+      : undefined;
   const study = await loadStudy(file, {
     out: v.out as string | undefined,
     seeds: v.seeds !== undefined ? parseSeeds(v.seeds as string) : undefined,
@@ -161,25 +178,33 @@ async function main(args: string[]): Promise<number> {
       : undefined,
     sets: ((v.set as string[] | undefined) ?? []).map(parseOverride),
     scripts,
-    // another training script has its own configuration rules
-    resolveTrain: scripts.train === undefined || resolve(scripts.train) === DEFAULT_SCRIPTS.train
-      ? resolveTrain
-      : undefined,
+    resolveTrain: trainResolver,
   });
+  const reuseDirs = (v.reuse as string[] | undefined) ?? [];
+  let reuse: ReuseMatch[] = [];
+  if (reuseDirs.length && !v["report-only"]) {
+    const units = planStudy(study);
+    await checkRunDirs(study, units);
+    reuse = await findReuse(study, units, reuseDirs, { resolveTrain: trainResolver });
+  }
   if (v["dry-run"]) {
     const units = planStudy(study);
     await checkRunDirs(study, units);
     const steps = [];
     for (const u of units) {
-      console.log(`# ${u.run.name} seed ${u.seed} (${displayPath(u.dir)})`);
+      const taken = reuse.find((m) => m.unit.dir === u.dir);
+      console.log(
+        `# ${u.run.name} seed ${u.seed} (${displayPath(u.dir)})` +
+          (taken ? ` reuses ${taken.steps.join(", ")} of ${displayPath(taken.source)}` : ""),
+      );
       for (const s of u.steps) {
-        const done = await Deno.stat(s.result).then(() => true, () => false);
-        const resume = !done && s.checkpoint !== undefined &&
-          await Deno.stat(s.checkpoint).then(() => true, () => false);
+        const done = await pathExists(s.result);
+        const resume = !done && s.checkpoint !== undefined && await pathExists(s.checkpoint);
         const args = resume ? [...s.args, "--resume"] : s.args;
-        const status = done ? "done" : resume ? "resume" : "run";
+        const reused = taken?.steps.includes(s.name) ?? false;
+        const status = done ? "done" : reused ? "reuse" : resume ? "resume" : "run";
         const command = commandLine(s.script, args);
-        console.log(done ? `# done: ${command}` : command);
+        console.log(done || reused ? `# ${status}: ${command}` : command);
         steps.push({ run: u.run.name, seed: u.seed, step: s.name, status, command });
       }
     }
@@ -198,6 +223,7 @@ async function main(args: string[]): Promise<number> {
     handlers.push([sig, h]);
   }
   try {
+    await applyReuse(reuse, (l) => console.error(`${NAME}: ${l}`));
     const outcome = await runStudy(study, {
       jobs,
       signal: ac.signal,

@@ -21,6 +21,8 @@ export interface SeedResult {
   steps: Record<string, Record<string, unknown>>;
   /** step name → its wall time in seconds (process start to exit), when recorded */
   times?: Record<string, number>;
+  /** steps taken over from another study's run directory (`scripts/ablate.ts --reuse`) */
+  reused?: { from: string; steps: string[] };
 }
 
 /** The results of one run over its seeds. */
@@ -272,6 +274,16 @@ export async function writeReport(
         `${r.label}: seed${r.foreign.length > 1 ? "s" : ""} ${r.foreign.join(", ")} left out: ` +
           `made by another version of the study or other flags (rerun without --only to see why)`,
       );
+    }
+  }
+  for (const r of results) {
+    for (const s of r.seeds) {
+      if (s.reused) {
+        notes.push(
+          `${r.label} seed ${s.seed}: ${s.reused.steps.join(", ")} reused from ` +
+            `\`${displayPath(s.reused.from)}\` (the same training configuration and seed)`,
+        );
+      }
     }
   }
   // a step may flag its own result as meaningless (eval_seg: a probe that did not fit)

@@ -21,7 +21,7 @@
 import { createHash } from "node:crypto";
 import { relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { writeFileAtomic } from "../torch/files.ts";
+import { pathExists, writeFileAtomic } from "../torch/files.ts";
 import { formatDuration } from "../data/progress.ts";
 import { FASHION_SCENES_VERSION } from "../data/fashion_scenes.ts";
 import {
@@ -598,14 +598,10 @@ export function commandLine(script: string, args: string[]): string {
 // ---- pre-flight checks ----------------------------------------------------------------------
 
 /** Wall time of each finished step in a run directory (seconds, for the ETA and the report). */
-const TIMES = "times.json";
+export const TIMES = "times.json";
 
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
-
-/** Flag → value map of an argument list (for "what differs" messages). */
-function argMap(args: string[] | null | undefined): Map<string, string> {
+/** Flag → value map of an argument list (for "what differs" messages and comparisons). */
+export function argMap(args: string[] | null | undefined): Map<string, string> {
   const m = new Map<string, string>();
   if (!args) return m;
   for (let i = 0; i < args.length; i++) {
@@ -655,7 +651,7 @@ async function cmdline(pid: number): Promise<string | null> {
 export async function checkRunDirs(study: Study, units: UnitPlan[]): Promise<number[]> {
   const stale: number[] = [];
   const studyJson = `${study.out}/study.json`;
-  if (await exists(studyJson)) {
+  if (await pathExists(studyJson)) {
     try {
       const s = JSON.parse(await Deno.readTextFile(studyJson));
       if (s.name !== study.spec.name) {
@@ -809,7 +805,8 @@ function lastJsonLine(stdout: string): Record<string, unknown> | null {
   }
 }
 
-async function readJson(path: string): Promise<Record<string, unknown> | null> {
+/** A JSON file's object; null when it is missing or unreadable. */
+export async function readJson(path: string): Promise<Record<string, unknown> | null> {
   try {
     return JSON.parse(await Deno.readTextFile(path));
   } catch {
@@ -884,7 +881,7 @@ async function execute(
   for (const u of units) {
     const times = (await readJson(`${u.dir}/${TIMES}`)) ?? {};
     for (const s of u.steps) {
-      if (await exists(s.result)) {
+      if (await pathExists(s.result)) {
         skipped++;
         const t = times[s.name];
         if (typeof t === "number") durations.set(s.name, [...(durations.get(s.name) ?? []), t]);
@@ -945,14 +942,14 @@ async function execute(
       const u = queue.shift()!;
       if (!u.steps.some((s) => pending.has(s))) continue;
       await Deno.mkdir(u.dir, { recursive: true });
-      if (!(await exists(`${u.dir}/run.json`))) {
+      if (!(await pathExists(`${u.dir}/run.json`))) {
         await writeFileAtomic(`${u.dir}/run.json`, JSON.stringify(u.identity, null, 2) + "\n");
       }
       for (const s of u.steps) {
         if (!pending.has(s)) continue;
         if (signal?.aborted) return;
         pending.delete(s);
-        const resume = s.checkpoint !== undefined && (await exists(s.checkpoint));
+        const resume = s.checkpoint !== undefined && (await pathExists(s.checkpoint));
         const args = resume ? [...s.args, "--resume"] : s.args;
         const label = `${u.run.name} seed${u.seed} ${s.name}`;
         const n = total - pending.size - active.size;
@@ -1200,7 +1197,10 @@ export async function collectResults(study: Study): Promise<RunResult[]> {
     for (const [k, v] of Object.entries(savedTimes)) {
       if (k in steps && typeof v === "number") times[k] = v;
     }
-    result.seeds.push({ seed: u.seed, steps, times });
+    const reused = typeof saved.reusedFrom === "string" && Array.isArray(saved.reusedSteps)
+      ? { from: saved.reusedFrom, steps: saved.reusedSteps.map(String) }
+      : undefined;
+    result.seeds.push({ seed: u.seed, steps, times, ...(reused ? { reused } : {}) });
   }
   return out;
 }

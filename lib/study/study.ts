@@ -69,6 +69,7 @@ export {
   type UnitPlan,
   VOLATILE_FLAGS,
 } from "./runner.ts";
+export { applyReuse, findReuse, type FindReuseOptions, type ReuseMatch } from "./reuse.ts";
 export {
   markdownTable,
   type MetricSummary,

@@ -1,10 +1,16 @@
 /**
  * Atomic file writes: the bytes go to a temporary file next to the target, which is then renamed
  * over it, so a reader (or a crash) never sees a half-written file. Every writer of results,
- * caches and checkpoints in the toolkit goes through here.
+ * caches and checkpoints in the toolkit goes through here. Also the existence check the scripts
+ * and the study runner share.
  *
  * @module
  */
+
+/** Whether something (a file, a folder, a link's target) exists at `path`. */
+export async function pathExists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
 
 /** The temporary name `writeFileAtomic` writes to before renaming (unique per call). */
 export function temporaryName(path: string): string {

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { denoCommand } from "../_process.ts";
 import { lastJson, runScript, scriptPath } from "./_run.ts";
+import { pathExists as exists } from "../../lib/torch/files.ts";
 
 const SCRIPT = scriptPath("ablate.ts");
 
@@ -66,10 +67,6 @@ console.log("{}");
 
 const env = (cache: string) => ({ DENSEDINO_CACHE: cache });
 const run = (args: string[], cache: string) => runScript(SCRIPT, args, env(cache));
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
 
 async function waitFor(
   cond: () => Promise<boolean>,
@@ -148,6 +145,7 @@ Deno.test("scripts/ablate.ts", async (t) => {
           "seeds",
           "only",
           "set",
+          "reuse",
           "script",
           "dry-run",
           "report-only",
@@ -319,6 +317,49 @@ Deno.test("scripts/ablate.ts", async (t) => {
       const after = [];
       for await (const e of Deno.readDir(out)) after.push(e.name);
       assert.deepEqual(after.sort(), before.sort(), "no run directory created");
+    });
+
+    await t.step("--reuse takes over a finished training with the same configuration", async () => {
+      // numRef left at its default (4): the same resolved configuration as run b's
+      const { numRef: _, ...base } = TINY;
+      const other = study({
+        name: "other",
+        base: { train: { ...base, threads: 2 }, evals: { knn: {}, seg: {} } },
+        runs: [{ name: "m4", train: {} }, { name: "m3", train: { numRef: 3 } }],
+        plot: undefined,
+      });
+      const path = await write("other.json", other);
+      const out = `${dir}/other`;
+      const args = [path, "--out", out, ...evalScripts, "--reuse", `${dir}/tiny`];
+      const dry = await run([...args, "--dry-run"], cache);
+      assert.equal(dry.code, 0, dry.stderr);
+      assert.match(
+        dry.stdout,
+        /^# m4 seed 0 \(\S+\) reuses train, knn, seg of \S+tiny\/b\/seed0$/m,
+      );
+      const steps = (lastJson(dry.stdout) as { steps: { run: string; status: string }[] }).steps;
+      assert.deepEqual(steps.map((s) => `${s.run} ${s.status}`), [
+        "m4 reuse",
+        "m4 reuse",
+        "m4 reuse",
+        "m3 run",
+        "m3 run",
+        "m3 run",
+      ]);
+      assert.ok(!(await exists(out)), "a dry run creates nothing");
+      const r = await run([...args, "--only", "m4"], cache);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /m4 seed0: reused train, knn, seg from \S+tiny\/b\/seed0/);
+      const j = lastJson(r.stdout) as {
+        ran: number;
+        table: { metrics: Record<string, { mean: number }> }[];
+      };
+      assert.equal(j.ran, 0);
+      assert.equal(j.table[0].metrics["knn.top1"].mean, 70);
+      assert.ok(await exists(`${out}/m4/seed0/train/teacher_backbone.safetensors`));
+      const bad = await run([...args, "--reuse", `${dir}/missing`], cache);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--reuse \S+missing: no such folder/);
     });
 
     await t.step("SIGTERM ends the running step and exits 143", async () => {

@@ -17,6 +17,7 @@ import {
 import { parseTrainArgs } from "../../scripts/train.ts";
 import { denoCommand } from "../_process.ts";
 import { lastJson, runScript, scriptPath } from "./_run.ts";
+import { pathExists as exists } from "../../lib/torch/files.ts";
 
 const SCRIPT = scriptPath("train.ts");
 
@@ -52,10 +53,6 @@ const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
 
 const env = (cache: string) => ({ DENSEDINO_CACHE: cache });
 const run = (args: string[], cache: string) => runScript(SCRIPT, args, env(cache));
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
 
 async function listDir(dir: string): Promise<string[]> {
   const names: string[] = [];

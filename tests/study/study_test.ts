@@ -7,8 +7,11 @@
  */
 import assert from "node:assert/strict";
 import {
+  applyReuse,
   camelCase,
   collectResults,
+  displayPath,
+  findReuse,
   flagArgs,
   formatMeanStd,
   kebabCase,
@@ -31,6 +34,7 @@ import {
   toArgs,
 } from "../../lib/study/study.ts";
 import { FASHION_SCENES_VERSION } from "../../lib/data/fashion_scenes.ts";
+import { pathExists as exists } from "../../lib/torch/files.ts";
 
 // ---- fakes --------------------------------------------------------------------------------
 
@@ -128,10 +132,6 @@ async function writeStudy(dir: string, study: unknown, name = "study.json"): Pro
 }
 
 const quiet = { log: () => {}, heartbeatMs: 0 };
-
-async function exists(p: string): Promise<boolean> {
-  return await Deno.stat(p).then(() => true, () => false);
-}
 
 function throwsStudy(fn: () => unknown, ...parts: (string | RegExp)[]) {
   assert.throws(fn, (e: unknown) => {
@@ -536,6 +536,116 @@ Deno.test("an evaluation variant NAME_SUFFIX runs NAME's script with its own fla
     assert.equal(b.top1, 52);
     assert.equal(r.table[0].metrics["knn_items.top1"].mean, 52);
     assert.match(await Deno.readTextFile(r.report), /\| items/);
+  });
+});
+
+Deno.test("reuse: a run not started takes over a finished one of another study", async (t) => {
+  await withDir(async (dir) => {
+    const scripts = await fakes(dir);
+    const random = {
+      name: "r",
+      evalOnly: true,
+      random: { arch: "vit", patchSize: 8, imgSize: 16 },
+    };
+    const a = await loadStudy(
+      await writeStudy(
+        dir,
+        baseStudy({ runs: [...baseStudy().runs as unknown[], random] }),
+        "a.json",
+      ),
+      { scripts, out: `${dir}/a` },
+    );
+    assert.equal((await runStudy(a, quiet)).failed.length, 0);
+    // another study: x = a's "b" (other threads: not a result-changing flag), y = new, r = a's
+    // random run; its seg evaluation is new and runs on the reused weights
+    const spec = baseStudy({
+      name: "u",
+      base: { train: { epochs: 1, threads: 2 }, evals: { knn: {}, seg: { k: 5 } } },
+      runs: [{ name: "x", train: { numRef: 2 } }, { name: "y", train: { numRef: 3 } }, random],
+      table: { columns: [{ metric: "knn.top1" }, { metric: "seg.top1" }] },
+    });
+    const file = await writeStudy(dir, spec, "u.json");
+    const u = await loadStudy(file, { scripts, out: `${dir}/u` });
+
+    await t.step("what matches: same flags up to volatile ones, same seed, finished", async () => {
+      const m = await findReuse(u, planStudy(u), [`${dir}/a`]);
+      assert.deepEqual(
+        m.map((x) => [x.unit.run.name, x.source, x.steps]),
+        [["x", `${dir}/a/b/seed0`, ["train", "knn"]], ["r", `${dir}/a/r/seed0`, ["knn"]]],
+      );
+      // another seed has nothing to take over
+      const u1 = await loadStudy(file, { scripts, out: `${dir}/u`, seeds: [1] });
+      assert.deepEqual(await findReuse(u1, planStudy(u1), [`${dir}/a`]), []);
+      // an unfinished training is not taken over
+      await Deno.rename(`${dir}/a/b/seed0/train.json`, `${dir}/train.json.bak`);
+      const m2 = await findReuse(u, planStudy(u), [`${dir}/a`]);
+      assert.deepEqual(m2.map((x) => x.unit.run.name), ["r"]);
+      await Deno.rename(`${dir}/train.json.bak`, `${dir}/a/b/seed0/train.json`);
+    });
+
+    await t.step("a resolver compares resolved configurations (defaults included)", async () => {
+      // a toy resolver: --num-ref defaults to 2; out / threads do not change results
+      const resolveTrain = (args: string[]) => {
+        const v = Object.fromEntries(
+          [...args.keys()].filter((i) => args[i].startsWith("--"))
+            .map((i) => [args[i].slice(2), args[i + 1]]),
+        );
+        return { numRef: Number(v["num-ref"] ?? 2), seed: Number(v.seed), out: v.out, threads: 9 };
+      };
+      const cfg = `${dir}/a/b/seed0/train/config.json`;
+      await Deno.writeTextFile(cfg, JSON.stringify({ threads: 1, numRef: 2, out: "x", seed: 0 }));
+      const d = await writeStudy(dir, baseStudy({ name: "d", runs: [{ name: "z" }] }), "d.json");
+      const ds = await loadStudy(d, { scripts, out: `${dir}/d` });
+      const m = await findReuse(ds, planStudy(ds), [`${dir}/a`], { resolveTrain });
+      assert.deepEqual(m.map((x) => [x.source, x.steps]), [[`${dir}/a/b/seed0`, ["train", "knn"]]]);
+      // without config.json (or with another configuration) nothing matches
+      await Deno.writeTextFile(cfg, JSON.stringify({ numRef: 2, seed: 0, lr: 1 }));
+      assert.deepEqual(await findReuse(ds, planStudy(ds), [`${dir}/a`], { resolveTrain }), []);
+      await Deno.remove(cfg);
+      assert.deepEqual(await findReuse(ds, planStudy(ds), [`${dir}/a`], { resolveTrain }), []);
+    });
+
+    await t.step(
+      "applied: the steps are not run again; the report says where they came from",
+      async () => {
+        const lines: string[] = [];
+        await applyReuse(await findReuse(u, planStudy(u), [`${dir}/a`]), (l) => lines.push(l));
+        assert.deepEqual(lines, [
+          `x seed0: reused train, knn from ${displayPath(`${dir}/a/b/seed0`)}`,
+          `r seed0: reused knn from ${displayPath(`${dir}/a/r/seed0`)}`,
+        ]);
+        const o = await runStudy(u, quiet);
+        // y: train, knn, seg; x: seg; r: seg
+        assert.deepEqual([o.ran, o.skipped, o.failed.length], [5, 3, 0]);
+        const args = (await Deno.readTextFile(`${dir}/u/x/seed0/train/args.jsonl`)).trim().split(
+          "\n",
+        );
+        assert.equal(args.length, 1, "not trained again");
+        assert.ok(args[0].includes(`${dir}/a/b/seed0/train`));
+        const seg = JSON.parse(await Deno.readTextFile(`${dir}/u/x/seed0/eval_seg.json`));
+        assert.ok(seg.args.includes(`${dir}/u/x/seed0/train`), "seg ran on the reused weights");
+        assert.equal(o.table[0].metrics["knn.top1"].mean, 50);
+        const id = JSON.parse(await Deno.readTextFile(`${dir}/u/x/seed0/run.json`));
+        assert.deepEqual([id.study, id.run, id.reusedSteps], ["u", "x", ["train", "knn"]]);
+        const md = await Deno.readTextFile(o.report);
+        assert.match(md, /> Note: x seed 0: train, knn reused from `[^`]*a\/b\/seed0`/);
+        assert.match(md, /> Note: r seed 0: knn reused from /);
+        assert.doesNotMatch(md, /> Note: y /);
+        // no temporary folders left; started directories are never considered again
+        assert.deepEqual((await Array.fromAsync(Deno.readDir(`${dir}/u/x`))).map((e) => e.name), [
+          "seed0",
+        ]);
+        assert.deepEqual(await findReuse(u, planStudy(u), [`${dir}/a`]), []);
+      },
+    );
+
+    await t.step("bad sources: a clear error", async () => {
+      await rejectsStudy(
+        findReuse(u, planStudy(u), [`${dir}/nope`]),
+        `--reuse ${dir}/nope: no such`,
+      );
+      await rejectsStudy(findReuse(u, planStudy(u), [`${dir}/u`]), "this study's own output");
+    });
   });
 });
 
