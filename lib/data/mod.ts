@@ -130,6 +130,7 @@ export {
   formatNumber,
   JsonlLog,
   type JsonlLogOptions,
+  parseDuration,
   Progress,
   type ProgressOptions,
   type ProgressStream,

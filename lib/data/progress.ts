@@ -61,6 +61,18 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(minutes / 60)}h${String(minutes % 60).padStart(2, "0")}m`;
 }
 
+/**
+ * Reads a duration written by {@link formatDuration} ("12.3s", "4m05s", "1h02m") back into
+ * seconds; null for anything else (including "?").
+ */
+export function parseDuration(text: string): number | null {
+  const m = /^(?:(\d+)h(\d{2})m|(\d+)m(\d{2})s|(\d+(?:\.\d+)?)s)$/.exec(text.trim());
+  if (!m) return null;
+  if (m[1] !== undefined) return Number(m[1]) * 3600 + Number(m[2]) * 60;
+  if (m[3] !== undefined) return Number(m[3]) * 60 + Number(m[4]);
+  return Number(m[5]);
+}
+
 /** A rate: "123 img/s", "12.3 img/s", "1.23 img/s"; slower than one a second "2.5s/img". */
 function formatRate(rate: number | null, unit: string): string {
   if (rate === null || !Number.isFinite(rate)) return `? ${unit}/s`;

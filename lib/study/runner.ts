@@ -22,7 +22,7 @@ import { createHash } from "node:crypto";
 import { relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { pathExists, writeFileAtomic } from "../torch/files.ts";
-import { formatDuration } from "../data/progress.ts";
+import { formatDuration, parseDuration } from "../data/progress.ts";
 import { FASHION_SCENES_VERSION } from "../data/fashion_scenes.ts";
 import {
   camelCase,
@@ -865,6 +865,49 @@ export async function runStudy(study: Study, opts: RunStudyOptions = {}): Promis
   }
 }
 
+/** What {@link studyEta} estimates from. */
+export interface EtaInput {
+  /** names of the steps not started */
+  pending: readonly string[];
+  /** the running steps: name, seconds since they started, their last progress line */
+  active: readonly { step: string; seconds: number; lastLine: string }[];
+  /** wall times (s) of finished steps, by step name */
+  durations: ReadonlyMap<string, readonly number[]>;
+  /** steps run at once */
+  jobs: number;
+}
+
+/**
+ * The study's remaining time: a running step's own estimate when its progress line has one
+ * ("… ETA 34m17s …", as the scripts print), else the mean time of finished steps of its name
+ * minus its elapsed time; a pending step's mean time of finished steps of its name; summed and
+ * divided by `jobs`. Steps of a name that has not finished yet (a training, at the start of a
+ * study) are not guessed from other steps: the result is then a lower bound, "> 12m00s", or
+ * "?" when nothing is known.
+ */
+export function studyEta(input: EtaInput): string {
+  const mean = (name: string) => {
+    const xs = input.durations.get(name);
+    return xs?.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+  };
+  let left = 0, unknown = 0;
+  for (const name of input.pending) {
+    const m = mean(name);
+    if (m === null) unknown++;
+    else left += m;
+  }
+  for (const a of input.active) {
+    const own = /\bETA (\S+)/.exec(a.lastLine);
+    const parsed = own ? parseDuration(own[1]) : null;
+    const m = mean(a.step);
+    if (parsed !== null) left += parsed;
+    else if (m !== null) left += Math.max(0, m - a.seconds);
+    else unknown++;
+  }
+  if (unknown === 0) return formatDuration(left / input.jobs);
+  return left > 0 ? `> ${formatDuration(left / input.jobs)}` : "?";
+}
+
 async function execute(
   study: Study,
   units: UnitPlan[],
@@ -898,20 +941,17 @@ async function execute(
   );
   const active = new Set<Active>();
   const started = performance.now();
-  const estimate = (name: string) => {
-    const own = durations.get(name);
-    const all = [...durations.values()].flat();
-    const xs = own?.length ? own : all;
-    return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN;
-  };
-  const eta = () => {
-    let left = 0;
-    for (const s of pending.keys()) left += estimate(s.name);
-    for (const a of active) {
-      left += Math.max(0, estimate(a.step) - (performance.now() - a.started) / 1000);
-    }
-    return Number.isFinite(left) ? formatDuration(left / jobs) : "?";
-  };
+  const eta = () =>
+    studyEta({
+      pending: [...pending.keys()].map((s) => s.name),
+      active: [...active].map((a) => ({
+        step: a.step,
+        seconds: (performance.now() - a.started) / 1000,
+        lastLine: a.lastLine,
+      })),
+      durations,
+      jobs,
+    });
   const elapsed = () => formatDuration((performance.now() - started) / 1000);
   let heartbeat: ReturnType<typeof setInterval> | undefined;
   const hb = opts.heartbeatMs ?? 60_000;

@@ -10,6 +10,7 @@ import {
   formatDuration,
   formatNumber,
   JsonlLog,
+  parseDuration,
   Progress,
   type ProgressOptions,
   readJsonl,
@@ -170,6 +171,21 @@ Deno.test("formatDuration", () => {
     [-1, "?"],
   ];
   for (const [s, want] of cases) assert.equal(formatDuration(s), want, `${s}`);
+});
+
+Deno.test("parseDuration reads formatDuration's output back", () => {
+  for (const s of [0, 12.3, 59.9, 60, 185, 3599, 3600, 3720, 3 * 86400 + 60]) {
+    const text = formatDuration(s);
+    const back = parseDuration(text);
+    // formatDuration rounds to 0.1 s below a minute, 1 s below an hour, 1 minute above
+    const step = s < 59.95 ? 0.1 : s < 3599.5 ? 1 : 60;
+    assert.ok(back !== null && Math.abs(back - s) <= step / 2 + 1e-9, `${s} → ${text} → ${back}`);
+  }
+  assert.equal(parseDuration("4m05s"), 245);
+  assert.equal(parseDuration("1h02m"), 3720);
+  for (const bad of ["?", "", "5", "4m5s", "1h", "m05s", "-3.0s", "1.5m00s"]) {
+    assert.equal(parseDuration(bad), null, bad);
+  }
 });
 
 Deno.test("formatNumber", () => {

@@ -28,6 +28,7 @@ import {
   runStudy,
   type Study,
   StudyError,
+  studyEta,
   StudyInterrupted,
   summarize,
   tableRows,
@@ -228,6 +229,34 @@ Deno.test("mean ± sample std over seeds, formatted", () => {
   assert.equal(formatMeanStd(summarize([3, 5]), 0, 2), "4 ± 1");
   // [10, 20]: std = √50 = 7.0711
   assert.equal(formatMeanStd(summarize([10, 20]), 3), "15.000 ± 7.071");
+});
+
+Deno.test("studyEta: running steps' own ETA, finished steps' means, unknown kinds not guessed", () => {
+  const durations = new Map([["knn", [60, 120]], ["train", [600]]]);
+  const none = { step: "train", seconds: 100, lastLine: "" };
+  // 2 pending knn (90 s each) + 1 pending train (600) + a training 100 s in (500 left)
+  assert.equal(
+    studyEta({ pending: ["knn", "knn", "train"], active: [none], durations, jobs: 1 }),
+    "21m20s",
+  );
+  assert.equal(
+    studyEta({ pending: ["knn", "knn", "train"], active: [none], durations, jobs: 2 }),
+    "10m40s",
+  );
+  // the step's own progress line wins over the mean
+  const own = { ...none, lastLine: "densedino  599/2496 it  24%  ETA 34m17s  epoch=1" };
+  assert.equal(studyEta({ pending: [], active: [own], durations, jobs: 1 }), "34m17s");
+  // a step kind never finished: a lower bound, or "?" when nothing is known
+  const fresh = new Map([["knn", [60]]]);
+  assert.equal(
+    studyEta({ pending: ["train", "knn"], active: [], durations: fresh, jobs: 1 }),
+    "> 1m00s",
+  );
+  assert.equal(
+    studyEta({ pending: ["train"], active: [none], durations: new Map(), jobs: 1 }),
+    "?",
+  );
+  assert.equal(studyEta({ pending: [], active: [], durations, jobs: 1 }), "0.0s");
 });
 
 Deno.test("study files: structural errors name the file, the run and the field", () => {
