@@ -920,7 +920,7 @@ async function execute(
   // what is left, and timings for the ETA
   const pending = new Map<StepPlan, UnitPlan>();
   const durations = new Map<string, number[]>();
-  let skipped = 0, ran = 0;
+  let skipped = 0, ran = 0, begun = 0;
   for (const u of units) {
     const times = (await readJson(`${u.dir}/${TIMES}`)) ?? {};
     for (const s of u.steps) {
@@ -989,10 +989,10 @@ async function execute(
         if (!pending.has(s)) continue;
         if (signal?.aborted) return;
         pending.delete(s);
+        const n = skipped + ++begun; // this step's ordinal, counted before any await
         const resume = s.checkpoint !== undefined && (await pathExists(s.checkpoint));
         const args = resume ? [...s.args, "--resume"] : s.args;
         const label = `${u.run.name} seed${u.seed} ${s.name}`;
-        const n = total - pending.size - active.size;
         log(
           `[${n}/${total}] ${label}${resume ? " (resuming from its checkpoint)" : ""} · ` +
             `elapsed ${elapsed()} · ETA ${eta()}`,

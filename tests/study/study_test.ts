@@ -827,9 +827,13 @@ Deno.test("runStudy: resume with --resume, failures, reports, jobs, abort", asyn
       );
       const study = await loadStudy(j, { scripts, out: `${dir}/jobs` });
       const t0 = performance.now();
-      const o = await runStudy(study, { ...quiet, jobs: 2 });
+      const lines: string[] = [];
+      const o = await runStudy(study, { log: (l) => lines.push(l), heartbeatMs: 0, jobs: 2 });
       const seconds = (performance.now() - t0) / 1000;
       assert.equal(o.failed.length, 0);
+      // each step's ordinal once, although two start at the same moment
+      const ordinals = lines.map((l) => /^\[(\d+)\/4\] /.exec(l)?.[1]).filter((x) => x);
+      assert.deepEqual(ordinals.map(Number).sort(), [1, 2, 3, 4]);
       // two 0.6-s trainings (plus process start-up) side by side
       const starts = await Promise.all(["a", "b"].map(async (r) => {
         const st = await Deno.stat(`${dir}/jobs/${r}/seed0/train/pid`);
