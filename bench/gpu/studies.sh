@@ -2,7 +2,8 @@
 # Runs shipped studies (studies/*.json) on a GPU machine without network, in one call that ends
 # before a deadline: unpack the carried Deno and Fashion-MNIST (bench/gpu/env.sh), build the shim
 # against the machine's CUDA PyTorch, then run each study with scripts/ablate.ts in
-# runs/gpu/<study>, one after another, every run of a study at once (JOBS). Each study gets the
+# runs/gpu/<study>, one after another, every run of a study at once (JOBS), taking over the
+# identical runs of studies already in runs/gpu (ablate --reuse). Each study gets the
 # time left before the deadline; a study cut by it stops cleanly (its trainings checkpoint every
 # 500 iterations), and running the same command again on the same machine resumes it. At the end the
 # results (reports, JSON, logs, loss curves; no checkpoints) are packed into $OUT/studies.tar.gz and
@@ -62,6 +63,13 @@ for spec in "$@"; do
   for x in ${EXTRA:-}; do sets+=(--set "$x"); done
   [ -n "${ONLY:-}" ] && sets+=(--only "$ONLY")
   [ -n "${SEEDS:-}" ] && sets+=(--seeds "$SEEDS")
+  # runs another study here already finished (same training configuration and seed) are taken
+  # over rather than trained again: Table 3's "both" = Fig. 5's M = 4 = Table 2's DenseDINO 6x48
+  reuse=()
+  for d in runs/gpu/*/; do
+    d="${d%/}"
+    [ "$d" != "runs/gpu/$study" ] && [ -f "$d/study.json" ] && reuse+=(--reuse "$d")
+  done
   t=$(left)
   if [ "$t" -lt 30 ]; then
     step "$spec: not started ($t s left before the deadline)"
@@ -69,7 +77,7 @@ for spec in "$@"; do
   fi
   step "$spec: ablate ${sets[*]} (up to $t s)"
   timeout -k 30 "$t" deno run -A scripts/ablate.ts "$file" --out "runs/gpu/$study" --jobs "$JOBS" \
-    --heartbeat 60 "${sets[@]}" > "runs/gpu/$study.log" 2>&1
+    --heartbeat 60 "${sets[@]}" "${reuse[@]}" > "runs/gpu/$study.log" 2>&1
   rc=$?
   tail -4 "runs/gpu/$study.log" | tee -a "$OUT/summary.txt"
   step "$spec: exit $rc"
