@@ -281,7 +281,9 @@ export async function writeReport(
       if (s.reused) {
         notes.push(
           `${r.label} seed ${s.seed}: ${s.reused.steps.join(", ")} reused from ` +
-            `\`${displayPath(s.reused.from)}\` (the same training configuration and seed)`,
+            `\`${displayPath(s.reused.from)}\` (the same ${
+              s.reused.steps.includes("train") ? "training configuration" : "evaluation flags"
+            } and seed)`,
         );
       }
     }

@@ -658,7 +658,11 @@ Deno.test("reuse: a run not started takes over a finished one of another study",
         assert.deepEqual([id.study, id.run, id.reusedSteps], ["u", "x", ["train", "knn"]]);
         const md = await Deno.readTextFile(o.report);
         assert.match(md, /> Note: x seed 0: train, knn reused from `[^`]*a\/b\/seed0`/);
-        assert.match(md, /> Note: r seed 0: knn reused from /);
+        assert.match(
+          md,
+          /> Note: r seed 0: knn reused from `[^`]*` \(the same evaluation flags and seed\)/,
+        );
+        assert.match(md, /> Note: x seed 0: .* \(the same training configuration and seed\)/);
         assert.doesNotMatch(md, /> Note: y /);
         // no temporary folders left; started directories are never considered again
         assert.deepEqual((await Array.fromAsync(Deno.readDir(`${dir}/u/x`))).map((e) => e.name), [
