@@ -784,6 +784,7 @@ export interface StudyOutcome extends StudyReport {
 interface Active {
   child: Deno.ChildProcess;
   step: string;
+  unit: string;
   label: string;
   started: number;
   lastLine: string;
@@ -867,10 +868,10 @@ export async function runStudy(study: Study, opts: RunStudyOptions = {}): Promis
 
 /** What {@link studyEta} estimates from. */
 export interface EtaInput {
-  /** names of the steps not started */
-  pending: readonly string[];
-  /** the running steps: name, seconds since they started, their last progress line */
-  active: readonly { step: string; seconds: number; lastLine: string }[];
+  /** the steps not started: name and (run, seed) directory */
+  pending: readonly { step: string; unit: string }[];
+  /** the running steps: name, (run, seed), seconds since they started, last progress line */
+  active: readonly { step: string; unit: string; seconds: number; lastLine: string }[];
   /** wall times (s) of finished steps, by step name */
   durations: ReadonlyMap<string, readonly number[]>;
   /** steps run at once */
@@ -880,10 +881,11 @@ export interface EtaInput {
 /**
  * The study's remaining time: a running step's own estimate when its progress line has one
  * ("… ETA 34m17s …", as the scripts print), else the mean time of finished steps of its name
- * minus its elapsed time; a pending step's mean time of finished steps of its name; summed and
- * divided by `jobs`. Steps of a name that has not finished yet (a training, at the start of a
- * study) are not guessed from other steps: the result is then a lower bound, "> 12m00s", or
- * "?" when nothing is known.
+ * minus its elapsed time; a pending step's mean time of finished steps of its name. The total
+ * divided by `jobs`, but no less than the longest (run, seed)'s own remaining steps, which run
+ * one after another (near a study's end fewer units than `jobs` are left). Steps of a name that
+ * has not finished yet (a training, at the start of a study) are not guessed from other steps:
+ * the result is then a lower bound, "> 12m00s", or "?" when nothing is known.
  */
 export function studyEta(input: EtaInput): string {
   const mean = (name: string) => {
@@ -891,21 +893,27 @@ export function studyEta(input: EtaInput): string {
     return xs?.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
   };
   let left = 0, unknown = 0;
-  for (const name of input.pending) {
-    const m = mean(name);
+  const perUnit = new Map<string, number>();
+  const add = (unit: string, t: number) => {
+    left += t;
+    perUnit.set(unit, (perUnit.get(unit) ?? 0) + t);
+  };
+  for (const p of input.pending) {
+    const m = mean(p.step);
     if (m === null) unknown++;
-    else left += m;
+    else add(p.unit, m);
   }
   for (const a of input.active) {
     const own = /\bETA (\S+)/.exec(a.lastLine);
     const parsed = own ? parseDuration(own[1]) : null;
     const m = mean(a.step);
-    if (parsed !== null) left += parsed;
-    else if (m !== null) left += Math.max(0, m - a.seconds);
+    if (parsed !== null) add(a.unit, parsed);
+    else if (m !== null) add(a.unit, Math.max(0, m - a.seconds));
     else unknown++;
   }
-  if (unknown === 0) return formatDuration(left / input.jobs);
-  return left > 0 ? `> ${formatDuration(left / input.jobs)}` : "?";
+  const t = Math.max(left / Math.max(1, input.jobs), ...perUnit.values());
+  if (unknown === 0) return formatDuration(t);
+  return left > 0 ? `> ${formatDuration(t)}` : "?";
 }
 
 async function execute(
@@ -943,9 +951,10 @@ async function execute(
   const started = performance.now();
   const eta = () =>
     studyEta({
-      pending: [...pending.keys()].map((s) => s.name),
+      pending: [...pending].map(([s, u]) => ({ step: s.name, unit: u.dir })),
       active: [...active].map((a) => ({
         step: a.step,
+        unit: a.unit,
         seconds: (performance.now() - a.started) / 1000,
         lastLine: a.lastLine,
       })),
@@ -1000,6 +1009,7 @@ async function execute(
         const a: Active = {
           child: null as unknown as Deno.ChildProcess,
           step: s.name,
+          unit: u.dir,
           label,
           started: 0,
           lastLine: "",

@@ -231,29 +231,28 @@ Deno.test("mean ± sample std over seeds, formatted", () => {
   assert.equal(formatMeanStd(summarize([10, 20]), 3), "15.000 ± 7.071");
 });
 
-Deno.test("studyEta: running steps' own ETA, finished steps' means, unknown kinds not guessed", () => {
+Deno.test("studyEta: running steps' own ETA, finished steps' means, the longest unit, unknown kinds", () => {
   const durations = new Map([["knn", [60, 120]], ["train", [600]]]);
-  const none = { step: "train", seconds: 100, lastLine: "" };
-  // 2 pending knn (90 s each) + 1 pending train (600) + a training 100 s in (500 left)
-  assert.equal(
-    studyEta({ pending: ["knn", "knn", "train"], active: [none], durations, jobs: 1 }),
-    "21m20s",
-  );
-  assert.equal(
-    studyEta({ pending: ["knn", "knn", "train"], active: [none], durations, jobs: 2 }),
-    "10m40s",
-  );
+  const p = (step: string, unit: string) => ({ step, unit });
+  const none = { step: "train", unit: "a", seconds: 100, lastLine: "" };
+  // unit a: a training 100 s in (500 left) + knn (90); unit b: train + knn (690); c: knn (90)
+  const pending = [p("knn", "a"), p("train", "b"), p("knn", "b"), p("knn", "c")];
+  assert.equal(studyEta({ pending, active: [none], durations, jobs: 1 }), "22m50s");
+  // with 2 at a time: total / 2 = 11m25s, but unit b alone needs 11m30s
+  assert.equal(studyEta({ pending, active: [none], durations, jobs: 2 }), "11m30s");
+  // with 4 at a time the longest unit is the floor, not total / 4
+  assert.equal(studyEta({ pending, active: [none], durations, jobs: 4 }), "11m30s");
   // the step's own progress line wins over the mean
   const own = { ...none, lastLine: "densedino  599/2496 it  24%  ETA 34m17s  epoch=1" };
   assert.equal(studyEta({ pending: [], active: [own], durations, jobs: 1 }), "34m17s");
   // a step kind never finished: a lower bound, or "?" when nothing is known
   const fresh = new Map([["knn", [60]]]);
   assert.equal(
-    studyEta({ pending: ["train", "knn"], active: [], durations: fresh, jobs: 1 }),
+    studyEta({ pending: [p("train", "a"), p("knn", "a")], active: [], durations: fresh, jobs: 1 }),
     "> 1m00s",
   );
   assert.equal(
-    studyEta({ pending: ["train"], active: [none], durations: new Map(), jobs: 1 }),
+    studyEta({ pending: [p("train", "a")], active: [none], durations: new Map(), jobs: 1 }),
     "?",
   );
   assert.equal(studyEta({ pending: [], active: [], durations, jobs: 1 }), "0.0s");
