@@ -106,9 +106,10 @@ async function isFresh(dir: string): Promise<boolean> {
 
 /**
  * The run directories of `units` (of `study`) that can take over a finished run directory under
- * one of `sources` (other studies' output folders; the first match wins, then the one with the
- * most finished steps). Only units whose directory is missing or empty are considered. Throws a
- * {@link StudyError} for a source that is not a folder or is this study's own output.
+ * one of `sources` (other studies' output folders, searched in order: the first source with a
+ * match wins, and in it the matching run with the most finished steps). Only units whose
+ * directory is missing or empty are considered. Throws a {@link StudyError} for a source that
+ * is not a folder or is this study's own output.
  */
 export async function findReuse(
   study: Study,
