@@ -181,15 +181,14 @@ async function main(args: string[]): Promise<number> {
     resolveTrain: trainResolver,
   });
   const reuseDirs = (v.reuse as string[] | undefined) ?? [];
-  let reuse: ReuseMatch[] = [];
-  if (reuseDirs.length && !v["report-only"]) {
-    const units = planStudy(study);
-    await checkRunDirs(study, units);
-    reuse = await findReuse(study, units, reuseDirs, { resolveTrain: trainResolver });
-  }
+  const units = planStudy(study);
+  const reusing = reuseDirs.length > 0 && !v["report-only"];
+  // runStudy checks the directories itself; reuse and the dry run need them checked first
+  if (reusing || v["dry-run"]) await checkRunDirs(study, units);
+  const reuse: ReuseMatch[] = reusing
+    ? await findReuse(study, units, reuseDirs, { resolveTrain: trainResolver })
+    : [];
   if (v["dry-run"]) {
-    const units = planStudy(study);
-    await checkRunDirs(study, units);
     const steps = [];
     for (const u of units) {
       const taken = reuse.find((m) => m.unit.dir === u.dir);
