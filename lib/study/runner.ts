@@ -948,10 +948,12 @@ async function execute(
       (jobs > 1 ? `, ${jobs} at a time` : ""),
   );
   const active = new Set<Active>();
+  // steps taken from `pending` whose process is not running yet: still to do for the ETA
+  const starting = new Set<{ step: string; unit: string }>();
   const started = performance.now();
   const eta = () =>
     studyEta({
-      pending: [...pending].map(([s, u]) => ({ step: s.name, unit: u.dir })),
+      pending: [...[...pending].map(([s, u]) => ({ step: s.name, unit: u.dir })), ...starting],
       active: [...active].map((a) => ({
         step: a.step,
         unit: a.unit,
@@ -998,6 +1000,8 @@ async function execute(
         if (!pending.has(s)) continue;
         if (signal?.aborted) return;
         pending.delete(s);
+        const claim = { step: s.name, unit: u.dir };
+        starting.add(claim);
         const n = skipped + ++begun; // this step's ordinal, counted before any await
         const resume = s.checkpoint !== undefined && (await pathExists(s.checkpoint));
         const args = resume ? [...s.args, "--resume"] : s.args;
@@ -1014,7 +1018,7 @@ async function execute(
           started: 0,
           lastLine: "",
         };
-        const r = await runStep(s, u, args, a, active, signal);
+        const r = await runStep(s, u, args, a, active, signal, () => starting.delete(claim));
         ran++;
         if (signal?.aborted && !r.json) return;
         if (r.json) {
@@ -1062,6 +1066,7 @@ async function runStep(
   a: Active,
   active: Set<Active>,
   signal: AbortSignal | undefined,
+  onSpawn: () => void,
 ): Promise<
   { json: Record<string, unknown> | null; code: number; message: string; seconds: number }
 > {
@@ -1091,6 +1096,7 @@ async function runStep(
   a.child = child;
   a.started = t;
   active.add(a);
+  onSpawn();
   // an abort that came while this step was starting
   if (signal?.aborted) {
     child.kill((typeof signal.reason === "string" ? signal.reason : "SIGTERM") as Deno.Signal);

@@ -35,6 +35,7 @@ import {
   toArgs,
 } from "../../lib/study/study.ts";
 import { FASHION_SCENES_VERSION } from "../../lib/data/fashion_scenes.ts";
+import { parseDuration } from "../../lib/data/progress.ts";
 import { pathExists as exists } from "../../lib/torch/files.ts";
 
 // ---- fakes --------------------------------------------------------------------------------
@@ -847,6 +848,30 @@ Deno.test("runStudy: resume with --resume, failures, reports, jobs, abort", asyn
         return st.mtime!.getTime();
       }));
       assert.ok(Math.max(...starts) < Math.min(...ends), `overlap (${seconds.toFixed(1)} s)`);
+
+      // two trainings starting at once both count in the ETA (a's took 0.6 s or more): before,
+      // a step taken but not yet spawned was neither pending nor running
+      const k = await writeStudy(
+        dir,
+        baseStudy({
+          name: "k",
+          base: { train: { sleep: 0.6 }, evals: { knn: {} } },
+          runs: ["a", "b", "c"].map((name, i) => ({ name, train: { numRef: i + 1 } })),
+        }),
+        "k.json",
+      );
+      await runStudy(await loadStudy(k, { scripts, out: `${dir}/eta`, only: ["a"] }), quiet);
+      const trained = JSON.parse(await Deno.readTextFile(`${dir}/eta/a/seed0/times.json`)).train;
+      const started: string[] = [];
+      await runStudy(await loadStudy(k, { scripts, out: `${dir}/eta` }), {
+        log: (l) => started.push(l),
+        heartbeatMs: 0,
+        jobs: 2,
+      });
+      const etas = started.filter((l) => / seed0 train · /.test(l))
+        .map((l) => parseDuration(/ETA (\S+)$/.exec(l)![1]));
+      assert.equal(etas.length, 2);
+      for (const e of etas) assert.ok(e !== null && e >= trained, `${e} >= ${trained}`);
     });
 
     await t.step("an abort ends the running step; it is not marked complete", async () => {
