@@ -72,14 +72,13 @@ import {
   attentionMassMask,
   type ColormapName,
   COLORMAPS,
-  contactSheet,
   drawMarkers,
   imageCanvas,
   type Marker,
   renderHeatmap,
   renderMask,
-  type SheetTile,
 } from "../lib/eval/attention.ts";
+import { contactSheet, type SheetTile } from "../lib/data/plot.ts";
 import type { LoadedBackbone } from "../lib/eval/backbone.ts";
 import {
   checkArch,

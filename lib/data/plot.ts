@@ -134,6 +134,14 @@ export function textHeight(scale = 1): number {
   return 7 * scale;
 }
 
+/** `text` cut to fit `width` pixels at `scale`, marked by a trailing "." (the font has no
+ * ellipsis); "" when not even one character fits. */
+function fitText(text: string, width: number, scale = 1): string {
+  if (textWidth(text, scale) <= width) return text;
+  const n = Math.floor((width / scale + 1) / 6) - 1;
+  return n <= 0 ? "" : [...text].slice(0, n).join("") + ".";
+}
+
 /** Options of {@link Canvas.text}. */
 export interface TextOptions {
   /** the text colour (default near-black) */
@@ -220,6 +228,20 @@ export class Canvas {
     const x1 = Math.min(this.width, Math.round(x + w)),
       y1 = Math.min(this.height, Math.round(y + h));
     for (let j = y0; j < y1; j++) for (let i = x0; i < x1; i++) this.#blend(i, j, c, alpha);
+  }
+
+  /** Copies `src` onto this canvas with its top-left corner at (x, y) (integers); what falls
+   * outside is left out. */
+  paste(src: Canvas, x: number, y: number): void {
+    const i0 = Math.max(0, -x), i1 = Math.min(src.width, this.width - x);
+    if (i1 <= i0) return;
+    for (let j = Math.max(0, -y); j < Math.min(src.height, this.height - y); j++) {
+      const from = 3 * (j * src.width + i0);
+      this.data.set(
+        src.data.subarray(from, from + 3 * (i1 - i0)),
+        3 * ((y + j) * this.width + x + i0),
+      );
+    }
   }
 
   /** An anti-aliased line from (x0, y0) to (x1, y1), `width` pixels wide, with round ends. */
@@ -655,12 +677,7 @@ function drawFurniture(f: Frame, spec: FrameSpec, categorical: string[] | null):
     categorical.forEach((name, g) => {
       const cx = x0 + (g + 0.5) * slot;
       const sc = textWidth(name, s) > slot - 4 ? 1 : s;
-      let label = name;
-      if (textWidth(label, sc) > slot - 2) {
-        const chars = [...name]; // shorten to fit, marked by a trailing "."
-        while (chars.length > 1 && textWidth(chars.join("") + ".", sc) > slot - 2) chars.pop();
-        label = chars.join("") + ".";
-      }
+      const label = fitText(name, slot - 2, sc);
       c.text(label, cx, ty + (fh - textHeight(sc)) / 2, { scale: sc, align: "center" });
     });
   } else {
@@ -670,7 +687,13 @@ function drawFurniture(f: Frame, spec: FrameSpec, categorical: string[] | null):
       c.text(L.x.labels[k], px, ty, { scale: s, align: "center" });
     });
   }
-  if (spec.xLabel) c.text(spec.xLabel, (x0 + x1) / 2, ty + fh + 6, { scale: s, align: "center" });
+  if (spec.xLabel) {
+    // centred under the plot area, shortened and moved to stay within the image
+    const margin = 4 + 4 * s, label = fitText(spec.xLabel, c.width - 2 * margin, s);
+    const w = textWidth(label, s);
+    const cx = Math.min(Math.max((x0 + x1) / 2, margin + w / 2), c.width - margin - w / 2);
+    c.text(label, cx, ty + fh + 6, { scale: s, align: "center" });
+  }
   if (spec.yLabel) {
     c.text(spec.yLabel, 4 + 4 * s + fh / 2, (y0 + y1) / 2, { scale: s, vertical: true });
   }
@@ -773,6 +796,11 @@ export interface LinePlotSpec {
   xRange?: readonly [number, number];
   /** the y range shown (default: the data's and bands', padded by 5%) */
   yRange?: readonly [number, number];
+  /** the x ticks, data values (default: about one "nice" value per 80 px); those outside the
+   * x range are left out */
+  xTicks?: readonly number[];
+  /** the labels of `xTicks`, one each (default: the values as numbers) */
+  xTickLabels?: readonly string[];
   /** a dot at every point of every series */
   markers?: boolean;
   /** where the legend goes (default "best") */
@@ -867,7 +895,21 @@ function lineFrame(spec: LinePlotSpec, ps: Prepared[]): Frame {
   }
   const xr = { ...makeAxis(xs, false, spec.xRange, "x"), log: false };
   const yr = { ...makeAxis(ys, log, spec.yRange, "y"), log };
+  const given = spec.xTicks;
+  if (spec.xTickLabels !== undefined && spec.xTickLabels.length !== (given?.length ?? -1)) {
+    throw new RangeError(
+      `xTickLabels needs one label per x tick: ${spec.xTickLabels.length} labels, ` +
+        `${given?.length ?? "no"} ticks`,
+    );
+  }
   return layoutFrame(lineFrameSpec(spec, ps), yr, xr, (target) => {
+    if (given !== undefined) {
+      const keep = [...given.keys()].filter((k) => given[k] >= xr.min && given[k] <= xr.max);
+      return {
+        ticks: keep.map((k) => given[k]),
+        labels: keep.map((k) => spec.xTickLabels?.[k] ?? String(given[k])),
+      };
+    }
     const ticks = linearTicks(xr.min, xr.max, target);
     return { ticks, labels: linearLabels(ticks) };
   });
@@ -1170,4 +1212,71 @@ export async function barPlot(spec: BarPlotSpec): Promise<Uint8Array> {
 /** {@link barPlot} written to `path` atomically (a temporary file, then a rename). */
 export async function saveBarPlot(path: string, spec: BarPlotSpec): Promise<void> {
   await writeAtomic(path, await barPlot(spec));
+}
+
+// ---- contact sheets ----------------------------------------------------------------------
+
+/** One tile of a {@link contactSheet}. */
+export interface SheetTile {
+  /** the picture */
+  canvas: Canvas;
+  /** a title drawn above it (cut to the tile's width) */
+  title?: string;
+}
+
+/** Options of {@link contactSheet}. */
+export interface SheetOptions {
+  /** a title across the top of the sheet (smaller, then cut, when wider than the tiles) */
+  title?: string;
+  /** pixels between tiles and around the sheet (default 6) */
+  pad?: number;
+  /** background (default white) */
+  background?: Color;
+  /** magnification of the tile titles (default 2 when every column is ≥ 192 px wide, else 1) */
+  titleScale?: number;
+}
+
+/**
+ * Tiles laid out in rows (each inner array a row; a column's width is its widest tile), each
+ * with its title above, on one canvas.
+ */
+export function contactSheet(
+  rows: readonly (readonly SheetTile[])[],
+  opts: SheetOptions = {},
+): Canvas {
+  const pad = opts.pad ?? 6;
+  if (!Number.isInteger(pad) || pad < 0) {
+    throw new RangeError(`contactSheet: pad must be a non-negative integer, got ${opts.pad}`);
+  }
+  const live = rows.filter((r) => r.length > 0);
+  if (live.length === 0) throw new RangeError("contactSheet: no tiles to lay out");
+  const cols = Math.max(...live.map((r) => r.length));
+  const colW = Array.from(
+    { length: cols },
+    (_, j) => Math.max(0, ...live.map((r) => r[j]?.canvas.width ?? 0)),
+  );
+  const titled = live.some((r) => r.some((t) => t.title));
+  const ts = Math.max(1, Math.round(opts.titleScale ?? (Math.min(...colW) >= 192 ? 2 : 1)));
+  const titleH = titled ? textHeight(ts) + 4 : 0;
+  const rowH = live.map((r) => Math.max(...r.map((t) => t.canvas.height)) + titleH);
+  const headH = opts.title ? textHeight(2) + pad : 0;
+  const x0 = colW.map((_, j) => pad + colW.slice(0, j).reduce((a, b) => a + b + pad, 0));
+  const width = pad + colW.reduce((a, b) => a + b + pad, 0);
+  const height = pad + headH + rowH.reduce((a, b) => a + b + pad, 0);
+  const sheet = new Canvas(width, height, opts.background ?? "#ffffff");
+  if (opts.title) {
+    // scale 2 when it fits, else scale 1, cut to the sheet's width
+    const big = textWidth(opts.title, 2) <= width - 2 * pad;
+    const t = big ? opts.title : fitText(opts.title, width - 2 * pad);
+    sheet.text(t, pad, pad + (big ? 0 : textHeight() / 2), { scale: big ? 2 : 1 });
+  }
+  let y = pad + headH;
+  live.forEach((r, i) => {
+    r.forEach((t, j) => {
+      if (t.title) sheet.text(fitText(t.title, colW[j], ts), x0[j], y, { scale: ts });
+      sheet.paste(t.canvas, x0[j], y + titleH);
+    });
+    y += rowH[i] + pad;
+  });
+  return sheet;
 }

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import {
   barPlot,
   Canvas,
+  contactSheet,
   decodePng,
   linePlot,
   linePlotLayout,
@@ -170,6 +171,49 @@ Deno.test("log scale: powers of ten as ticks, a power law is straight, y ≤ 0 i
   const wide = linePlotLayout({ series: [{ name: "", x: [0, 1], y: [1e-7, 1e-1] }], logY: true });
   assert.ok(wide.y.labels.includes("1e-5"), wide.y.labels.join(" "));
   assert.throws(() => linePlotLayout({ ...spec, yRange: [0, 10] }), RangeError);
+});
+
+Deno.test("given x ticks: at those values with their labels, out-of-range ones left out", () => {
+  const x = [0, 1, 2, 3, 4]; // log2 of 1, 2, 4, 8, 16
+  const spec: LinePlotSpec = {
+    series: [{ name: "", x, y: [3, 1, 4, 1, 5] }],
+    xTicks: [...x, 9],
+    xTickLabels: ["1", "2", "4", "8", "16", "512"],
+  };
+  const L = linePlotLayout(spec);
+  assert.deepEqual(L.x.ticks, x);
+  assert.deepEqual(L.x.labels, ["1", "2", "4", "8", "16"]);
+  // without labels: the values
+  assert.deepEqual(linePlotLayout({ ...spec, xTickLabels: undefined }).x.labels, [
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+  ]);
+  assert.throws(
+    () => linePlotLayout({ ...spec, xTickLabels: ["1"] }),
+    /one label per x tick: 1 labels, 6 ticks/,
+  );
+  assert.throws(() => linePlotLayout({ ...spec, xTicks: undefined }), /6 labels, no ticks/);
+});
+
+Deno.test("an x label wider than the plot is shortened and stays inside the image", async () => {
+  const xLabel = "a very long axis label that cannot fit under a narrow plot at all";
+  const W = 240, H = 180;
+  const img = await decode(
+    await linePlot({ series: [{ name: "", x: [0, 1], y: [0, 1] }], xLabel, width: W, height: H }),
+  );
+  // the label's rows: the bottom band below the tick labels; ink there, but not at the edges
+  let ink = 0;
+  for (let y = H - 24; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      const dark = img.at(x, y)[0] < 128;
+      if (dark) ink++;
+      if (x < 4 || x >= W - 4) assert.ok(!dark, `ink at the edge (${x}, ${y})`);
+    }
+  }
+  assert.ok(ink > 100, `the label is drawn (${ink} dark pixels)`);
 });
 
 Deno.test("nice linear ticks: 1, 2, 2.5 or 5 × 10^k steps with matching labels", () => {
@@ -358,4 +402,39 @@ Deno.test("saveLinePlot writes a decodable PNG atomically, leaving no temporary 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("contact sheet: columns as wide as their widest tile, titles above; paste clips", async () => {
+  const tile = (w: number, h: number) => new Canvas(w, h, "#000000");
+  const sheet = contactSheet([
+    [{ canvas: tile(10, 20), title: "a" }, { canvas: tile(30, 10), title: "a long title" }],
+    [{ canvas: tile(20, 5) }],
+  ], { pad: 2 });
+  const titleH = 7 + 4;
+  assert.equal(sheet.width, 2 + 20 + 2 + 30 + 2);
+  assert.equal(sheet.height, 2 + (20 + titleH) + 2 + (5 + titleH) + 2);
+  assert.deepEqual(sheet.get(2, 2 + titleH), [0, 0, 0]); // first tile's corner
+  assert.deepEqual(sheet.get(24, 2 + titleH), [0, 0, 0]); // second column starts at 2 + 20 + 2
+  assert.deepEqual(sheet.get(23, 2 + titleH), [255, 255, 255]);
+  const dir = await Deno.makeTempDir({ prefix: "dd-sheet-" });
+  try {
+    await sheet.save(`${dir}/sheet.png`);
+    const back = await decodePng(await Deno.readFile(`${dir}/sheet.png`));
+    assert.equal(back.width, sheet.width);
+    assert.equal(back.height, sheet.height);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.throws(() => contactSheet([]), /no tiles/);
+  assert.throws(() => contactSheet([[{ canvas: tile(2, 2) }]], { pad: -1 }), /pad/);
+  // paste: partly outside on every side, only the overlap is copied
+  const dst = new Canvas(4, 3, "#ffffff");
+  dst.paste(tile(3, 3), -1, 1);
+  dst.paste(tile(1, 1), 3, -1);
+  dst.paste(tile(2, 2), 9, 9);
+  const black = [];
+  for (let y = 0; y < 3; y++) {
+    for (let x = 0; x < 4; x++) if (dst.get(x, y)[0] === 0) black.push(`${x},${y}`);
+  }
+  assert.deepEqual(black, ["0,1", "1,1", "0,2", "1,2"]);
 });

@@ -8,7 +8,6 @@
  */
 import assert from "node:assert/strict";
 import {
-  Canvas,
   decodePng,
   fromTypedArray,
   full,
@@ -30,7 +29,6 @@ import {
   attentionMassMask,
   classAttentionMaps,
   colorize,
-  contactSheet,
   imageCanvas,
   referenceAttentionMaps,
   renderHeatmap,
@@ -422,27 +420,6 @@ Deno.test("rendering: heat maps, masks, markers and sheets decode back with the 
   const ic = imageCanvas(img, 3);
   assert.equal(ic.width, 36);
   assert.deepEqual(ic.get(35, 23), [128, 128, 128]);
-  // a sheet: columns as wide as their widest tile, titles above
-  const tile = (w: number, h: number) => new Canvas(w, h, "#000000");
-  const sheet = contactSheet([
-    [{ canvas: tile(10, 20), title: "a" }, { canvas: tile(30, 10), title: "a long title" }],
-    [{ canvas: tile(20, 5) }],
-  ], { pad: 2 });
-  const titleH = 7 + 4;
-  assert.equal(sheet.width, 2 + 20 + 2 + 30 + 2);
-  assert.equal(sheet.height, 2 + (20 + titleH) + 2 + (5 + titleH) + 2);
-  assert.deepEqual(sheet.get(2, 2 + titleH), [0, 0, 0]); // first tile's corner
-  assert.deepEqual(sheet.get(24, 2 + titleH), [0, 0, 0]); // second column starts at 2 + 20 + 2
-  assert.deepEqual(sheet.get(23, 2 + titleH), [255, 255, 255]);
-  const dir = await Deno.makeTempDir({ prefix: "dd-attn-" });
-  try {
-    await sheet.save(`${dir}/sheet.png`);
-    const back = await decodePng(await Deno.readFile(`${dir}/sheet.png`));
-    assert.equal(back.width, sheet.width);
-    assert.equal(back.height, sheet.height);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 });
 
 Deno.test("no tensor leaks", () => {
