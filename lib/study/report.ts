@@ -6,7 +6,17 @@
  *
  * @module
  */
-import { saveBarPlot, saveLinePlot, TAB10, textWidth } from "../data/plot.ts";
+import {
+  contactSheet,
+  type LineSeries,
+  renderLinePlot,
+  saveBarPlot,
+  TAB10,
+  textWidth,
+} from "../data/plot.ts";
+
+/** Colours of a line plot's reference lines (runs without an x value). */
+const GREYS = ["#505050", "#909090", "#b0b0b0"];
 import { formatDuration } from "../data/progress.ts";
 import { writeFileAtomic } from "../torch/files.ts";
 import { formatMeanStd, type StudyColumn, summarize } from "./format.ts";
@@ -164,7 +174,9 @@ async function drawPlot(
     });
     return true;
   }
-  // line: runs with an x value, in x order; the others as flat reference lines
+  // line: one panel per metric, each with its own y range (a 0.2-point mIoU difference would
+  // vanish on an axis shared with a 60% k-NN); runs with an x value in x order, the others
+  // (a random-init baseline) as flat thin lines named in the legend
   const tx = (x: number) => (p.logX ? Math.log2(x) : x);
   const withX = rows
     .map((r, i) => ({ r, x: results[i].x, evalOnly: results[i].evalOnly }))
@@ -174,40 +186,49 @@ async function drawPlot(
   const xs = withX.map((e) => tx(e.x!));
   if (xs.length === 0) return false;
   const lo = Math.min(...xs), hi = Math.max(...xs);
-  const series = [];
-  for (const [k, c] of columns.entries()) {
+  // ticks at the runs' own x values, labelled with them (1, 2, 4, … on a log2 axis)
+  const xValues = [...new Set(withX.map((e) => e.x!))];
+  const flag = (p.x ?? "").replace(/^train\./, "");
+  const panels = columns.map((c, k) => {
     const color = TAB10[k % TAB10.length];
-    series.push({
-      name: label(c),
+    const series: LineSeries[] = [{
+      name: "",
       x: xs,
       y: withX.map((e) => e.r.metrics[c.metric].mean),
-      std: withX.map((
-        e,
-      ) => (Number.isFinite(e.r.metrics[c.metric].std) ? e.r.metrics[c.metric].std : 0)),
+      std: withX.map((e) => {
+        const sd = e.r.metrics[c.metric].std;
+        return Number.isFinite(sd) ? sd : 0;
+      }),
       color,
       markers: true,
-    });
-    for (const o of others) {
+    }];
+    for (const [j, o] of others.entries()) {
       const m = o.metrics[c.metric].mean;
       if (!Number.isFinite(m)) continue;
       series.push({
-        name: `${o.label}: ${label(c)}`,
+        name: o.label,
         x: [lo, hi],
         y: [m, m],
-        color,
+        color: GREYS[j % 3],
         lineWidth: 1,
         markers: false,
       });
     }
-  }
-  const flag = (p.x ?? "").replace(/^train\./, "");
-  await saveLinePlot(path, {
-    title: fitTitle(p.title ?? spec.title, 800),
-    series,
-    xLabel: p.xLabel ?? (p.logX ? `log2 ${flag}` : flag),
-    yLabel: p.yLabel,
-    markers: true,
+    return {
+      canvas: renderLinePlot({
+        title: label(c),
+        series,
+        xLabel: p.xLabel ?? flag,
+        yLabel: p.yLabel,
+        xTicks: xValues.map(tx),
+        xTickLabels: xValues.map(String),
+        markers: true,
+        width: columns.length === 1 ? 800 : 440,
+        height: 400,
+      }),
+    };
   });
+  await contactSheet([panels], { title: p.title ?? spec.title, pad: 8 }).save(path);
   return true;
 }
 

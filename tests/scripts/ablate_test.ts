@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { denoCommand } from "../_process.ts";
 import { lastJson, runScript, scriptPath } from "./_run.ts";
 import { pathExists as exists } from "../../lib/torch/files.ts";
+import { decodePng } from "../../lib/data/png.ts";
 
 const SCRIPT = scriptPath("ablate.ts");
 
@@ -289,7 +290,9 @@ Deno.test("scripts/ablate.ts", async (t) => {
         assert.match(md, /^\| run A \| 1 \| 60\.0 ± — \| 30\.00 ± — \|$/m);
         assert.match(md, /^\| run B \| 1 \| 70\.0 ± — \| 35\.00 ± — \|$/m);
         assert.match(md, /scripts\/train\.ts --arch vit_micro .* --num-ref 1 .* --seed 0 --out /);
-        assert.ok((await Deno.stat(j.plot)).size > 1000);
+        // one 440-px panel per metric (each with its own y axis), side by side
+        const png = await decodePng(await Deno.readFile(j.plot));
+        assert.ok(png.width >= 2 * 440 && png.height < 500, `${png.width}×${png.height}`);
         const res = JSON.parse(await Deno.readTextFile(`${out}/results.json`));
         assert.deepEqual(res.runs.map((x: { x: number }) => x.x), [1, 4]);
         assert.equal(typeof res.runs[0].seeds[0].steps.train.final.loss, "number");
