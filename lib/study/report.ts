@@ -14,14 +14,14 @@ import {
   TAB10,
   textWidth,
 } from "../data/plot.ts";
-
-/** Colours of a line plot's reference lines (runs without an x value). */
-const GREYS = ["#505050", "#909090", "#b0b0b0"];
 import { formatDuration } from "../data/progress.ts";
 import { writeFileAtomic } from "../torch/files.ts";
 import { formatMeanStd, type StudyColumn, summarize } from "./format.ts";
 import type { StepFailure, Study, UnitPlan } from "./runner.ts";
 import { commandLine, displayPath } from "./runner.ts";
+
+/** Colours of a line plot's reference lines (runs without an x value). */
+const GREYS = ["#505050", "#909090", "#b0b0b0"];
 
 /** The finished steps of one seed of a run. */
 export interface SeedResult {
@@ -31,6 +31,8 @@ export interface SeedResult {
   steps: Record<string, Record<string, unknown>>;
   /** step name → its wall time in seconds (process start to exit), when recorded */
   times?: Record<string, number>;
+  /** steps resumed from a checkpoint: their `times` cover only the last attempt */
+  resumed?: string[];
   /** steps taken over from another study's run directory (`scripts/ablate.ts --reuse`) */
   reused?: { from: string; steps: string[] };
 }
@@ -326,7 +328,8 @@ export async function writeReport(
   md.push(
     "## Time per step",
     "",
-    "Wall time of each step (process start to exit), mean over seeds.",
+    'Wall time of each step (process start to exit), mean over seeds; "> " where a seed\'s step ' +
+      "was resumed from its checkpoint and only its last attempt was timed.",
     "",
   );
   md.push(
@@ -338,7 +341,9 @@ export async function writeReport(
       const t = r.seeds.map((s) => s.times?.[name] ?? s.steps[name]?.seconds).filter((
         x,
       ): x is number => typeof x === "number" && Number.isFinite(x));
-      return t.length ? formatDuration(t.reduce((a, b) => a + b, 0) / t.length) : "—";
+      if (!t.length) return "—";
+      const partial = r.seeds.some((s) => s.resumed?.includes(name));
+      return `${partial ? "> " : ""}${formatDuration(t.reduce((a, b) => a + b, 0) / t.length)}`;
     });
     md.push(`| ${cell(r.label)} | ${cells.join(" | ")} |`);
   }

@@ -29,6 +29,7 @@ import {
   argMap,
   displayPath,
   readJson,
+  resumedSteps,
   type RunIdentity,
   type Study,
   TIMES,
@@ -213,6 +214,8 @@ export async function applyReuse(
         await linkIfThere(join(m.source, `${base}.log`), join(tmp, `${base}.log`));
         if (typeof times[step] === "number") kept[step] = times[step];
       }
+      const partial = [...resumedSteps(times)].filter((k) => m.steps.includes(k));
+      if (partial.length) kept.resumed = partial;
       await writeFileAtomic(join(tmp, TIMES), JSON.stringify(kept, null, 2) + "\n");
       const id = { ...m.unit.identity, reusedFrom: resolve(m.source), reusedSteps: m.steps };
       await writeFileAtomic(join(tmp, "run.json"), JSON.stringify(id, null, 2) + "\n");

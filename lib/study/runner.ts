@@ -600,6 +600,15 @@ export function commandLine(script: string, args: string[]): string {
 /** Wall time of each finished step in a run directory (seconds, for the ETA and the report). */
 export const TIMES = "times.json";
 
+/**
+ * The steps of a `times.json` whose time covers only their last attempt: they were resumed from a
+ * checkpoint, and the attempts before (ended by a crash or a kill) were not timed. Kept in the
+ * file as `"resumed": [step, …]`.
+ */
+export function resumedSteps(times: Record<string, unknown>): Set<string> {
+  return new Set(Array.isArray(times.resumed) ? times.resumed.map(String) : []);
+}
+
 /** Flag → value map of an argument list (for "what differs" messages and comparisons). */
 export function argMap(args: string[] | null | undefined): Map<string, string> {
   const m = new Map<string, string>();
@@ -931,11 +940,14 @@ async function execute(
   let skipped = 0, ran = 0, begun = 0;
   for (const u of units) {
     const times = (await readJson(`${u.dir}/${TIMES}`)) ?? {};
+    const partial = resumedSteps(times);
     for (const s of u.steps) {
       if (await pathExists(s.result)) {
         skipped++;
         const t = times[s.name];
-        if (typeof t === "number") durations.set(s.name, [...(durations.get(s.name) ?? []), t]);
+        if (typeof t === "number" && !partial.has(s.name)) {
+          durations.set(s.name, [...(durations.get(s.name) ?? []), t]);
+        }
       } else pending.set(s, u);
     }
   }
@@ -1025,8 +1037,14 @@ async function execute(
           await writeFileAtomic(s.result, JSON.stringify(r.json, null, 2) + "\n");
           const times = (await readJson(`${u.dir}/${TIMES}`)) ?? {};
           times[s.name] = r.seconds;
+          const partial = resumedSteps(times);
+          if (resume) partial.add(s.name);
+          else partial.delete(s.name);
+          if (partial.size) times.resumed = [...partial];
+          else delete times.resumed;
           await writeFileAtomic(`${u.dir}/${TIMES}`, JSON.stringify(times, null, 2) + "\n");
-          durations.set(s.name, [...(durations.get(s.name) ?? []), r.seconds]);
+          // a resumed step's time is not a whole step's: no guide for the ETA
+          if (!resume) durations.set(s.name, [...(durations.get(s.name) ?? []), r.seconds]);
           log(`${label} done in ${formatDuration(r.seconds)} · ETA ${eta()}`);
         } else {
           const f: StepFailure = {
@@ -1253,10 +1271,17 @@ export async function collectResults(study: Study): Promise<RunResult[]> {
     for (const [k, v] of Object.entries(savedTimes)) {
       if (k in steps && typeof v === "number") times[k] = v;
     }
+    const partial = [...resumedSteps(savedTimes)].filter((k) => k in times);
     const reused = typeof saved.reusedFrom === "string" && Array.isArray(saved.reusedSteps)
       ? { from: saved.reusedFrom, steps: saved.reusedSteps.map(String) }
       : undefined;
-    result.seeds.push({ seed: u.seed, steps, times, ...(reused ? { reused } : {}) });
+    result.seeds.push({
+      seed: u.seed,
+      steps,
+      times,
+      ...(partial.length ? { resumed: partial } : {}),
+      ...(reused ? { reused } : {}),
+    });
   }
   return out;
 }

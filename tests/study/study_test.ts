@@ -733,6 +733,10 @@ Deno.test("runStudy: resume with --resume, failures, reports, jobs, abort", asyn
       assert.match(log, /fake train: crashing/);
       const times = JSON.parse(await Deno.readTextFile(`${out}/a/seed1/times.json`));
       assert.ok(times.train > 0 && times.knn > 0);
+      // the resumed training's time is its last attempt's only, and says so
+      assert.deepEqual(times.resumed, ["train"]);
+      const whole = JSON.parse(await Deno.readTextFile(`${out}/b/seed1/times.json`));
+      assert.equal(whole.resumed, undefined);
       // run.json: the identity
       const id = JSON.parse(await Deno.readTextFile(`${out}/a/seed1/run.json`));
       assert.deepEqual([id.study, id.version, id.run, id.seed], ["t", 1, "a", 1]);
@@ -751,6 +755,9 @@ Deno.test("runStudy: resume with --resume, failures, reports, jobs, abort", asyn
       assert.match(md, /^\| a \| 2 \| 55\.0 ± 7\.1 \| 1\.5 ± 0\.7 \|$/m);
       assert.match(md, /^\| b \| 2 \| 55\.0 ± 7\.1 \| 1\.5 ± 0\.7 \|$/m);
       assert.match(md, /deno run -A x\.ts/);
+      // time per step: a's training (seed 1 resumed) is a lower bound, b's is not
+      assert.match(md, /^\| a \| > [\d.]+s \| [\d.]+s \|$/m);
+      assert.match(md, /^\| b \| [\d.]+s \| [\d.]+s \|$/m);
       assert.match(md, /fake_train\.ts --epochs 1 --num-ref 1 --crash-once \S+ --seed 0 --out /);
       assert.match(md, /!\[T\]\(t\.png\)/);
       const png = await Deno.readFile(o.plot!);
