@@ -211,7 +211,7 @@ async function drawPlot(
         name: o.label,
         x: [lo, hi],
         y: [m, m],
-        color: GREYS[j % 3],
+        color: GREYS[j % GREYS.length],
         lineWidth: 1,
         markers: false,
       });
