@@ -674,9 +674,10 @@ function drawFurniture(f: Frame, spec: FrameSpec, categorical: string[] | null):
   const ty = y1 + 2 + tick + 3;
   if (categorical !== null) {
     const slot = (x1 - x0 + 1) / categorical.length;
+    // one size for every group name: the plot's when all fit their slots, else the smallest
+    const sc = categorical.every((name) => textWidth(name, s) <= slot - 4) ? s : 1;
     categorical.forEach((name, g) => {
       const cx = x0 + (g + 0.5) * slot;
-      const sc = textWidth(name, s) > slot - 4 ? 1 : s;
       const label = fitText(name, slot - 2, sc);
       c.text(label, cx, ty + (fh - textHeight(sc)) / 2, { scale: sc, align: "center" });
     });
@@ -1083,6 +1084,8 @@ export interface BarPlotSpec {
   yRange?: readonly [number, number];
   /** write each value above its bar (default true) */
   valueLabels?: boolean;
+  /** decimals of the value labels (default: up to 3, enough for 4 significant digits) */
+  valueDecimals?: number;
   /** where the legend goes (default "best"; shown when a series has a name) */
   legend?: LegendPosition;
   /** the font magnification of labels (default 2, or 1 for plots under 360 px) */
@@ -1116,8 +1119,12 @@ export function renderBarPlot(spec: BarPlotSpec): Canvas {
   }
   if (lo === hi) hi = 1;
   const labels = spec.valueLabels ?? true;
+  const given = spec.valueDecimals;
+  if (given !== undefined && !(Number.isInteger(given) && given >= 0 && given <= 12)) {
+    throw new RangeError(`valueDecimals must be an integer in 0..12, got ${given}`);
+  }
   // value labels: 4 significant digits, with the same number of decimals on every bar
-  const decimals = Math.min(
+  const decimals = given ?? Math.min(
     3,
     Math.max(
       0,
@@ -1166,6 +1173,9 @@ export function renderBarPlot(spec: BarPlotSpec): Canvas {
   const slot = (x1 - x0 + 1) / G, bw = (0.8 * slot) / Math.max(1, S);
   const yp = (v: number) => Math.min(y1 + 1, Math.max(y0, L.toPixel(0, v)[1]));
   const base = yp(Math.min(Math.max(0, yr.min), yr.max));
+  // one size for every value label: the plot's when all fit their bars, else the smallest
+  const texts = spec.series.flatMap((s) => Array.from(s.values).filter(Number.isFinite));
+  const ts = texts.every((v) => textWidth(valueText(v), sc) <= bw + 6 * sc) ? sc : 1;
   spec.series.forEach((s, k) => {
     for (let g = 0; g < G; g++) {
       const v = s.values[g];
@@ -1186,7 +1196,6 @@ export function renderBarPlot(spec: BarPlotSpec): Canvas {
       }
       if (labels) {
         const text = valueText(v);
-        const ts = textWidth(text, sc) <= bw + 6 * sc ? sc : 1;
         const up = v >= 0;
         const edge = up ? Math.min(yp(v), yp(v + e)) - 3 : Math.max(yp(v), yp(v - e)) + 3;
         c.text(text, cx, edge, { scale: ts, align: "center", baseline: up ? "bottom" : "top" });

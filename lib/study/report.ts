@@ -9,10 +9,9 @@
 import {
   contactSheet,
   type LineSeries,
+  renderBarPlot,
   renderLinePlot,
-  saveBarPlot,
   TAB10,
-  textWidth,
 } from "../data/plot.ts";
 import { formatDuration } from "../data/progress.ts";
 import { writeFileAtomic } from "../torch/files.ts";
@@ -137,14 +136,6 @@ export function markdownTable(columns: readonly StudyColumn[], rows: TableRow[])
   return lines.join("\n");
 }
 
-/** The title shortened with "..." to fit a plot `width` pixels wide (drawn at text scale 3). */
-function fitTitle(title: string, width: number): string {
-  const chars = [...title];
-  if (textWidth(title, 3) <= width - 16) return title;
-  while (chars.length > 1 && textWidth(chars.join("") + "...", 3) > width - 16) chars.pop();
-  return chars.join("").trimEnd() + "...";
-}
-
 async function drawPlot(
   study: Study,
   rows: TableRow[],
@@ -158,22 +149,30 @@ async function drawPlot(
   if (!finite) return false;
   const label = (c: StudyColumn) => c.label ?? c.metric;
   if ((p.kind ?? "bar") === "bar") {
-    // room for group names of ~22 characters
+    // one row per metric (its own y axis; one legend-free series), room for group names of
+    // ~22 characters
     const width = Math.max(800, 150 * rows.length + 160);
-    await saveBarPlot(path, {
-      title: fitTitle(p.title ?? spec.title, width),
-      groups: rows.map((r) => r.label),
-      series: columns.map((c) => ({
-        name: label(c),
-        values: rows.map((r) => r.metrics[c.metric].mean),
-        errors: rows.map((
-          r,
-        ) => (Number.isFinite(r.metrics[c.metric].std) ? r.metrics[c.metric].std : 0)),
-      })),
-      xLabel: p.xLabel,
-      yLabel: p.yLabel,
-      width,
-    });
+    const panels = columns.map((c, k) => [{
+      canvas: renderBarPlot({
+        title: label(c),
+        groups: rows.map((r) => r.label),
+        series: [{
+          name: "",
+          values: rows.map((r) => r.metrics[c.metric].mean),
+          errors: rows.map((r) => {
+            const sd = r.metrics[c.metric].std;
+            return Number.isFinite(sd) ? sd : 0;
+          }),
+          color: TAB10[k % TAB10.length],
+        }],
+        valueDecimals: c.digits ?? 1,
+        xLabel: p.xLabel,
+        yLabel: p.yLabel,
+        width,
+        height: 360,
+      }),
+    }]);
+    await contactSheet(panels, { title: p.title ?? spec.title, pad: 8 }).save(path);
     return true;
   }
   // line: one panel per metric, each with its own y range (a 0.2-point mIoU difference would

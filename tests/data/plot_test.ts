@@ -378,6 +378,11 @@ Deno.test("grouped bars: one colour per series, NaN draws no bar, value labels",
   const bare = await decode(await barPlot({ ...spec, valueLabels: false }));
   const textPixels = (im: Img) => count(im, 0, 0, im.width - 1, im.height - 1, TEXT);
   assert.ok(textPixels(img) > textPixels(bare) + 3 * 20, "value labels add text");
+  // given decimals: "70.000" has more ink than "70"
+  const d0 = await decode(await barPlot({ ...spec, valueDecimals: 0 }));
+  const d3 = await decode(await barPlot({ ...spec, valueDecimals: 3 }));
+  assert.ok(textPixels(d3) > textPixels(d0) + 3 * 20, "three decimals on each of 3 labels");
+  await assert.rejects(() => barPlot({ ...spec, valueDecimals: -1 }), /valueDecimals/);
   const neg = await decode(
     await barPlot({ groups: ["a", "b"], series: [{ name: "", values: [-1, 2] }] }),
   );
