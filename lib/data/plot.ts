@@ -230,9 +230,11 @@ export class Canvas {
     for (let j = y0; j < y1; j++) for (let i = x0; i < x1; i++) this.#blend(i, j, c, alpha);
   }
 
-  /** Copies `src` onto this canvas with its top-left corner at (x, y) (integers); what falls
+  /** Copies `src` onto this canvas with its top-left corner at (x, y) (rounded); what falls
    * outside is left out. */
   paste(src: Canvas, x: number, y: number): void {
+    x = Math.round(x);
+    y = Math.round(y);
     const i0 = Math.max(0, -x), i1 = Math.min(src.width, this.width - x);
     if (i1 <= i0) return;
     for (let j = Math.max(0, -y); j < Math.min(src.height, this.height - y); j++) {

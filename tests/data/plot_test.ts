@@ -437,9 +437,10 @@ Deno.test("contact sheet: columns as wide as their widest tile, titles above; pa
   dst.paste(tile(3, 3), -1, 1);
   dst.paste(tile(1, 1), 3, -1);
   dst.paste(tile(2, 2), 9, 9);
+  dst.paste(tile(1, 1), 2.6, -0.4); // rounded to (3, 0)
   const black = [];
   for (let y = 0; y < 3; y++) {
     for (let x = 0; x < 4; x++) if (dst.get(x, y)[0] === 0) black.push(`${x},${y}`);
   }
-  assert.deepEqual(black, ["0,1", "1,1", "0,2", "1,2"]);
+  assert.deepEqual(black, ["3,0", "0,1", "1,1", "0,2", "1,2"]);
 });
