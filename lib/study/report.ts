@@ -145,9 +145,14 @@ async function drawPlot(
   const spec = study.spec;
   const p = spec.plot ?? {};
   const columns = spec.table.columns.filter((c) => !p.metrics || p.metrics.includes(c.metric));
-  const finite = rows.some((r) => columns.some((c) => Number.isFinite(r.metrics[c.metric].mean)));
-  if (!finite) return false;
+  const mean = (r: TableRow, c: StudyColumn) => r.metrics[c.metric].mean;
+  if (!rows.some((r) => columns.some((c) => Number.isFinite(mean(r, c))))) return false;
   const label = (c: StudyColumn) => c.label ?? c.metric;
+  // the error bar or band: the std over seeds, none for a single seed
+  const std = (r: TableRow, c: StudyColumn) => {
+    const sd = r.metrics[c.metric].std;
+    return Number.isFinite(sd) ? sd : 0;
+  };
   if ((p.kind ?? "bar") === "bar") {
     // one row per metric (its own y axis; one legend-free series), room for group names of
     // ~22 characters
@@ -158,11 +163,8 @@ async function drawPlot(
         groups: rows.map((r) => r.label),
         series: [{
           name: "",
-          values: rows.map((r) => r.metrics[c.metric].mean),
-          errors: rows.map((r) => {
-            const sd = r.metrics[c.metric].std;
-            return Number.isFinite(sd) ? sd : 0;
-          }),
+          values: rows.map((r) => mean(r, c)),
+          errors: rows.map((r) => std(r, c)),
           color: TAB10[k % TAB10.length],
         }],
         valueDecimals: c.digits ?? 1,
@@ -195,16 +197,13 @@ async function drawPlot(
     const series: LineSeries[] = [{
       name: "",
       x: xs,
-      y: withX.map((e) => e.r.metrics[c.metric].mean),
-      std: withX.map((e) => {
-        const sd = e.r.metrics[c.metric].std;
-        return Number.isFinite(sd) ? sd : 0;
-      }),
+      y: withX.map((e) => mean(e.r, c)),
+      std: withX.map((e) => std(e.r, c)),
       color,
       markers: true,
     }];
     for (const [j, o] of others.entries()) {
-      const m = o.metrics[c.metric].mean;
+      const m = mean(o, c);
       if (!Number.isFinite(m)) continue;
       series.push({
         name: o.label,

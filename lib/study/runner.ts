@@ -937,6 +937,8 @@ async function execute(
   // what is left, and timings for the ETA
   const pending = new Map<StepPlan, UnitPlan>();
   const durations = new Map<string, number[]>();
+  const timed = (name: string, seconds: number) =>
+    durations.set(name, [...(durations.get(name) ?? []), seconds]);
   let skipped = 0, ran = 0, begun = 0;
   for (const u of units) {
     const times = (await readJson(`${u.dir}/${TIMES}`)) ?? {};
@@ -945,9 +947,7 @@ async function execute(
       if (await pathExists(s.result)) {
         skipped++;
         const t = times[s.name];
-        if (typeof t === "number" && !partial.has(s.name)) {
-          durations.set(s.name, [...(durations.get(s.name) ?? []), t]);
-        }
+        if (typeof t === "number" && !partial.has(s.name)) timed(s.name, t);
       } else pending.set(s, u);
     }
   }
@@ -1044,7 +1044,7 @@ async function execute(
           else delete times.resumed;
           await writeFileAtomic(`${u.dir}/${TIMES}`, JSON.stringify(times, null, 2) + "\n");
           // a resumed step's time is not a whole step's: no guide for the ETA
-          if (!resume) durations.set(s.name, [...(durations.get(s.name) ?? []), r.seconds]);
+          if (!resume) timed(s.name, r.seconds);
           log(`${label} done in ${formatDuration(r.seconds)} · ETA ${eta()}`);
         } else {
           const f: StepFailure = {
